@@ -1,0 +1,37 @@
+# desitransfer: bring each night's raw exposures from the mountain to the archive.
+# Marker files under `state` are the state; each run builds only what is missing.
+# README.md explains the stages, the configuration and how to run it.
+
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+sys.path.insert(0, workflow.basedir)
+from scripts.configuration import describe_validation_error
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+try:
+    validate(config, "schemas/config.schema.yaml")
+except WorkflowError:
+    sys.exit(f"desitransfer: {describe_validation_error(config, workflow.configfiles)}")
+
+
+include: "rules/common.smk"
+include: "rules/exposure.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        get_exposure_targets(),
+    default_target: True

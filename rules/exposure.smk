@@ -1,0 +1,38 @@
+# Exposure-level stages: stage (rsync into staging), verify (SHA-256), install
+# (read-only, renamed into the archive). Each writes its marker on success only.
+
+
+rule stage_exposure:
+    output:
+        get_marker("staged"),
+    log:
+        get_log("staged"),
+    resources:
+        transfers=1,
+    script:
+        "../scripts/stage.py"
+
+
+rule verify_exposure:
+    input:
+        get_marker("staged"),
+    output:
+        get_marker("checksummed"),
+    log:
+        get_log("checksummed"),
+    threads: config["verify"]["threads"]
+    resources:
+        transfers=1,
+    script:
+        "../scripts/verify.py"
+
+
+rule install_exposure:
+    input:
+        get_marker("checksummed"),
+    output:
+        get_marker("installed"),
+    log:
+        get_log("installed"),
+    script:
+        "../scripts/install.py"

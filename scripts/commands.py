@@ -1,0 +1,101 @@
+"""Run external commands (ssh, rsync, hsi, htar) with a wall-clock limit.
+
+Every subprocess of the workflow goes through `run`: a hung ssh or rsync must end the
+step as a failure, not the night. The command runs in its own process group so that
+its children (rsync's ssh, for instance) are killed with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did."""
+
+    command: tuple[str, ...]
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+    missing: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        """One line saying how the command ended."""
+        name = os.path.basename(self.command[0])
+        if self.missing:
+            return f"{name}: command not found ({self.command[0]}); install it or fix the path"
+        if self.timed_out:
+            return f"{name} timed out after {self.seconds:.0f} s"
+        last = (self.stderr.strip().splitlines() or [""])[-1][:300]
+        return f"{name} exited with status {self.returncode}" + (f": {last}" if last else "")
+
+
+def run(
+    command: Sequence[str],
+    timeout: float,
+    cwd: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+) -> CommandResult:
+    """Run `command` (no shell) for at most `timeout` seconds.
+
+    Returns
+    -------
+    CommandResult
+        Never raises for a failing, missing or hung command: the caller decides.
+    """
+    command = tuple(str(c) for c in command)
+    log.debug("running: %s", shlex.join(command))
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return CommandResult(command, None, "", "", 0.0, missing=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        timed_out = True
+    seconds = time.monotonic() - start
+    return CommandResult(command, proc.returncode, out, err, seconds, timed_out)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the whole process group: TERM, then KILL if it lingers."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,88 @@
+"""Marker files: the workflow's state.
+
+A marker ``STATE/STREAM/NIGHT/EXPID.STAGE`` (or ``STATE/STREAM/NIGHT.STAGE`` for
+night-level stages) exists only when its stage succeeded and holds a small JSON
+record. A failed step writes ``<marker>.failed`` instead; the next success removes it.
+Every path in the workflow comes from `marker_path`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+#: Exposure-level stages, in order.
+EXPOSURE_STAGES = ("staged", "checksummed", "installed")
+#: Night-level stages, in order.
+NIGHT_STAGES = ("caughtup", "backedup")
+FAILED = ".failed"
+
+
+def marker_path(
+    state: str | os.PathLike, stream: str, night: str, expid: str | None, stage: str
+) -> Path:
+    """The marker of `stage` for an exposure, or for a night when `expid` is None."""
+    if expid is None:
+        return Path(state, stream, f"{night}.{stage}")
+    return Path(state, stream, night, f"{expid}.{stage}")
+
+
+def failure_path(marker: str | os.PathLike) -> Path:
+    """Where the failure record of `marker` lives."""
+    return Path(f"{marker}{FAILED}")
+
+
+def utc_timestamp(when: dt.datetime | None = None) -> str:
+    """ISO-8601 UTC time with a ``Z`` suffix, to the second."""
+    when = when or dt.datetime.now(dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_json_atomic(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write `record` to `path` so that a reader sees the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON record at `path`, or None if absent or unreadable."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_marker(marker: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Record success: write the marker and remove a stale failure record."""
+    record = {"time": utc_timestamp(), **record}
+    write_json_atomic(marker, record)
+    failure_path(marker).unlink(missing_ok=True)
+
+
+def write_failure(marker: str | os.PathLike, reason: str, attempts: int, **extra: Any) -> dict:
+    """Record a failed attempt beside where `marker` would be; return the record."""
+    record = {"time": utc_timestamp(), "reason": reason, "attempts": attempts, **extra}
+    write_json_atomic(failure_path(marker), record)
+    return record
+
+
+def read_failure(marker: str | os.PathLike) -> dict[str, Any] | None:
+    """The failure record of `marker`, if any."""
+    return read_record(failure_path(marker))

@@ -1,0 +1,83 @@
+"""The one place the rsync command line is built, and what rsync's output means."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from scripts.remote import rsync_shell, source_spec
+
+#: The original daemon's flags; everything else is added for safety.
+BASE_FLAGS = ("--recursive", "--copy-dirlinks", "--times", "--omit-dir-times")
+_EMPTY_LINE = re.compile(r"^(receiving|sending|sent [0-9]+ bytes|total size)")
+_EXPOSURE_LINE = re.compile(r"^([0-9]{8})/")
+
+
+def rsync_command(
+    remote: dict,
+    source: str,
+    destination: str,
+    *,
+    dry_run: bool = False,
+    itemize: bool = False,
+    delete: bool = False,
+) -> list[str]:
+    """The rsync command copying the contents of `source` into `destination`.
+
+    Parameters
+    ----------
+    remote : dict
+        The ``remote`` section of the configuration (host, ssh, timeout).
+    source, destination : str
+        Directories; both get a trailing ``/`` so that contents are copied.
+    dry_run, itemize : bool
+        For the catch-up: report what would change, one itemized line a file.
+    delete : bool
+        Remove files in `destination` that are not in `source`, including the
+        temporary files an rsync killed with SIGKILL leaves behind. Only for staging.
+
+    Returns
+    -------
+    list of str
+        The argv; names are never interpolated into a shell.
+    """
+    # --timeout ends a transfer whose connection stalls (rsync's own I/O limit);
+    # the caller bounds the whole command with remote.transfer_timeout.
+    command = ["rsync", *BASE_FLAGS, f"--timeout={int(max(1, remote['timeout']))}"]
+    if dry_run:
+        command.append("--dry-run")
+    if itemize:
+        command.append("--itemize-changes")
+    else:
+        command.append("--verbose")
+    if delete:
+        command.append("--delete")
+    command += rsync_shell(remote)
+    command += [source_spec(remote, source.rstrip("/") + "/"), destination.rstrip("/") + "/"]
+    return command
+
+
+def empty_rsync(output: str) -> bool:
+    """True when verbose rsync output reports no transferred file (as the original)."""
+    return all(_EMPTY_LINE.match(line) for line in output.splitlines() if line.strip())
+
+
+def changed_files(itemized: str) -> list[str]:
+    """Files an ``--itemize-changes`` run would transfer or update.
+
+    Lines look like ``>f+++++++++ 00001234/desi-00001234.fits.fz``; directory
+    attribute-only lines (``cd``, ``.d``) and messages are not changes to data.
+    """
+    changed = []
+    for line in itemized.splitlines():
+        if len(line) < 13 or line[11] != " ":
+            continue
+        flags, name = line[:11], line[12:]
+        if flags[1] == "f" and flags[0] in "<>ch":
+            changed.append(name)
+    return changed
+
+
+def changed_exposures(files: Sequence[str]) -> list[str]:
+    """The exposure ids (8-digit top-level directories) among `files`."""
+    return sorted({m.group(1) for f in files if (m := _EXPOSURE_LINE.match(f))})

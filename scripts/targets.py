@@ -1,0 +1,55 @@
+"""What is pending: the bounded target list the Snakefile hands to Snakemake.
+
+Only listed exposures that are not installed (and not held by policy) become
+targets, so done work never enters the DAG and a no-op run over any archive costs
+about as much as an empty Snakemake run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from scripts.markers import FAILED, read_record
+
+
+@dataclass
+class NightState:
+    """The markers found for one night of one stream."""
+
+    installed: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
+
+
+def scan_night(state: str | os.PathLike, stream: str, night: str) -> NightState:
+    """Read the marker directory of one night: one ``scandir``, no per-file ``stat``."""
+    found = NightState()
+    try:
+        entries = os.scandir(Path(state, stream, night))
+    except FileNotFoundError:
+        return found
+    with entries:
+        for entry in entries:
+            name = entry.name
+            if name.endswith(".installed"):
+                found.installed.add(name[: -len(".installed")])
+            elif name.endswith(".checksummed" + FAILED):
+                record = read_record(entry.path) or {}
+                if record.get("held"):
+                    found.held.add(name.split(".", 1)[0])
+    return found
+
+
+def pending_exposures(
+    exposures: Iterable[tuple[str, str]], nights: dict[str, NightState]
+) -> list[tuple[str, str]]:
+    """The listed exposures still to install: not installed, not held by policy."""
+    empty = NightState()
+    pending = []
+    for night, expid in exposures:
+        seen = nights.get(night, empty)
+        if expid not in seen.installed and expid not in seen.held:
+            pending.append((night, expid))
+    return pending
