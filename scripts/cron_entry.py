@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""The cron entry: run the workflow once, safely, from cron.
+
+    scripts/cron_entry.py [CONFIG] [SNAKEMAKE ARGS...]
+
+CONFIG defaults to the ``config.yaml`` beside the Snakefile; further arguments go to
+Snakemake. The entry exits 0 at once when the kill file exists or when another run
+holds the lock, clears what a run killed with SIGKILL left behind, runs Snakemake with
+the default profile, logs to a rotating file, and exits non-zero with a short summary
+on stderr only when something failed, so that cron's own mail carries real problems.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import time
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.configuration import ConfigurationError, load_yaml  # noqa: E402
+
+log = logging.getLogger("desitransfer.cron")
+#: Snakemake's own run logs kept in .snakemake/log.
+KEEP_SNAKEMAKE_LOGS = 50
+LOG_BYTES = 10 * 2**20
+LOG_BACKUPS = 10
+
+
+def setup_logging(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(directory / "desi_transfer.log", maxBytes=LOG_BYTES,
+                                  backupCount=LOG_BACKUPS)
+    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def clear_stale_snakemake_locks(workdir: Path) -> None:
+    """Remove Snakemake's directory locks left by a killed run.
+
+    Only called while holding the cron lock, so no other run of ours is alive; a
+    lock left behind can only be stale (Snakemake would otherwise refuse to run
+    until a person called --unlock).
+    """
+    locks = workdir / ".snakemake" / "locks"
+    stale = list(locks.glob("*.lock")) if locks.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("removed %d stale Snakemake lock(s) left by a killed run", len(stale))
+
+
+def prune_snakemake_logs(workdir: Path, keep: int = KEEP_SNAKEMAKE_LOGS) -> None:
+    """Snakemake adds a log file on every run; keep the newest `keep`."""
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    for path in logs[:-keep] if keep else logs:
+        path.unlink(missing_ok=True)
+
+
+def main(argv: list[str]) -> int:
+    os.umask(0o027)  # lock, log and state files: never writable by other users
+    config_file = Path(argv[0]) if argv and not argv[0].startswith("-") else REPO / "config.yaml"
+    extra = argv[1:] if argv and not argv[0].startswith("-") else argv
+    try:
+        config = load_yaml(config_file)
+    except ConfigurationError as err:
+        print(f"desitransfer: {err}", file=sys.stderr)
+        return 2
+    state = Path(config.get("state") or "state")
+    setup_logging(Path(config.get("logs") or state / "logs"))
+    kill_file = Path(os.path.expanduser(config.get("kill_file") or "~/stop_desi_transfer"))
+    if kill_file.exists():
+        log.info("%s detected, not running (remove it to resume transfers).", kill_file)
+        return 0
+    state.mkdir(parents=True, exist_ok=True)
+    lock = open(state / ".cron.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("another run holds %s; exiting.", lock.name)
+        return 0
+    workdir = Path.cwd()
+    clear_stale_snakemake_locks(workdir)
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+               "--configfile", str(config_file), *extra]
+    log.info("starting: %s", " ".join(command))
+    start = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True)
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.strip():
+            log.info("| %s", line)
+    prune_snakemake_logs(workdir)
+    seconds = time.monotonic() - start
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines()
+                  if line.startswith(("desitransfer:", "Error in rule"))
+                  or " ERROR " in line]
+        summary = "\n".join(errors[:20]) or "\n".join(result.stderr.splitlines()[-20:])
+        log.error("run failed (status %d) after %.0f s", result.returncode, seconds)
+        print(f"desitransfer run failed (status {result.returncode}); see "
+              f"{log.handlers[0].baseFilename}\n{summary}", file=sys.stderr)
+        return 1
+    log.info("run finished in %.1f s", seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,210 @@
+"""Fixtures: a synthetic mountain, a real sshd on loopback, and the real workflow.
+
+The workflow runs as users run it: ``snakemake`` in a subprocess on temporary
+directories, with the project's profile and a test configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.markers import marker_path  # noqa: E402
+from scripts.mountain import make_exposure  # noqa: E402
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+STREAM = "DESI_SPECTRO_DATA"
+NIGHT = "20261127"
+NOW = "2026-11-28T16:00:00Z"
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool the tests need; fail (not skip) with the install command."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
+                                  else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `make system-packages` (apt-get install"
+                    " rsync openssh-server openssh-client graphviz)", pytrace=False)
+    return path
+
+
+class Site:
+    """A temporary mountain + data centre, and a way to run the workflow on it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.mountain = root / "mountain"
+        self.source = self.mountain / "raw"
+        self.state = root / "state"
+        self.staging = root / "staging"
+        self.destination = root / "archive"
+        self.config_file = root / "config.yaml"
+        self.lock = root / "checksum-running"
+        self.source.mkdir(parents=True)
+        self.config = {
+            "state": str(self.state),
+            "lookback_nights": 30,
+            "now": NOW,
+            "remote": {
+                "host": "local",
+                "timeout": 60,
+                "transfer_timeout": 120,
+                "checksum_lock": str(self.lock),
+                "listing_cache": 0,
+            },
+            "verify": {"max_attempts": 3, "on_failure": "install", "threads": 2},
+            "streams": {
+                STREAM: {
+                    "source": str(self.source),
+                    "staging": str(self.staging),
+                    "destination": str(self.destination),
+                    "hpss": "desi/spectro/data",
+                    "checksum_file": "checksum-{exposure}.sha256sum",
+                }
+            },
+        }
+
+    def exposure(self, expid: str, files: dict[str, bytes] | None = None,
+                 night: str = NIGHT, **kwargs) -> Path:
+        """Make an exposure on the mountain (default: three small files)."""
+        files = files if files is not None else {
+            f"desi-{expid}.fits.fz": os.urandom(3000),
+            f"guide-{expid}.fits.fz": os.urandom(2000),
+            f"sky-{expid}.fits.fz": b"sky" * 100,
+        }
+        return make_exposure(self.mountain, night, expid, files, **kwargs)
+
+    def marker(self, night: str, expid: str | None, stage: str) -> Path:
+        return marker_path(self.state, STREAM, night, expid, stage)
+
+    def record(self, night: str, expid: str | None, stage: str) -> dict:
+        return json.loads(self.marker(night, expid, stage).read_text())
+
+    def failure(self, night: str, expid: str | None, stage: str) -> dict:
+        return json.loads(Path(f"{self.marker(night, expid, stage)}.failed").read_text())
+
+    def installed(self, night: str, expid: str) -> Path:
+        return self.destination / night / expid
+
+    def write_config(self) -> Path:
+        self.config_file.write_text(yaml.safe_dump(self.config))
+        return self.config_file
+
+    def command(self, *args: str) -> list[str]:
+        self.write_config()
+        # --configfile takes several values: it goes last.
+        return [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(self.root), *args,
+                "--configfile", str(self.config_file)]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the workflow to completion; with `check`, fail the test on a non-zero exit."""
+        result = subprocess.run(self.command(*args), capture_output=True, text=True,
+                                timeout=timeout, cwd=self.root)
+        if check and result.returncode != 0:
+            pytest.fail(f"workflow failed ({result.returncode}):\n{result.stderr[-6000:]}")
+        return result
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """The job counts of a ``snakemake -n`` run, by rule (from its "Job stats" table)."""
+    counts: dict[str, int] = {}
+    lines = dry_run_output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Job stats:"):
+            for row in lines[i + 3:]:
+                parts = row.split()
+                if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+                    break
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    require_tool("rsync")
+    return Site(tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, limit: float = 20.0) -> None:
+    """Block until something accepts connections on `port` (or fail)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited with status {process.returncode}: "
+                               f"{process.stderr.read() if process.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)  # polling a condition with a deadline, not synchronising on time
+    raise RuntimeError(f"sshd did not listen on port {port} within {limit} s")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> dict:
+    """A real OpenSSH server on 127.0.0.1 standing in for the mountain host.
+
+    Yields the ``remote`` configuration that reaches it: generated host and user
+    keys, a free port, BatchMode so nothing ever waits for a password.
+    """
+    sshd_bin = require_tool("sshd")
+    require_tool("ssh")
+    home = tmp_path_factory.mktemp("sshd")
+    os.chmod(home, 0o700)
+    for kind in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(home / f"{kind}_key")], check=True)
+    (home / "authorized_keys").write_text((home / "user_key.pub").read_text())
+    os.chmod(home / "authorized_keys", 0o600)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    port = free_port()
+    config = home / "sshd_config"
+    config.write_text(f"""
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {home}/host_key
+AuthorizedKeysFile {home}/authorized_keys
+PidFile {home}/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+AllowUsers {user}
+""")
+    if os.getuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    process = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, process)
+        yield {
+            "host": f"{user}@127.0.0.1",
+            "port": port,
+            "ssh": ["ssh", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                    "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+                    "-i", str(home / "user_key"), "-p", str(port)],
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
