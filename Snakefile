@@ -13,8 +13,11 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 from scripts.configuration import describe_validation_error
 
+# The bundled config.yaml is the default only: a --configfile replaces it rather
+# than being merged into it (a production file must not inherit demo streams).
+if not workflow.overwrite_configfiles:
 
-configfile: os.path.join(workflow.basedir, "config.yaml")
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 try:
@@ -32,6 +35,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         get_exposure_targets(),
-    default_target: True

@@ -21,7 +21,7 @@ from scripts.targets import pending_exposures, scan_night
 try:
     check_configuration(config)
 except ConfigurationError as err:
-    sys.exit(f"desitransfer: {', '.join(workflow.configfiles)}: {err}")
+    sys.exit(f"desitransfer: {', '.join(map(str, workflow.configfiles))}: {err}")
 
 STATE = config["state"]
 STREAMS = get_streams(config)
@@ -30,6 +30,7 @@ FIRST_NIGHT = first_night(NOW, config["lookback_nights"])
 # `snakemake --lint` parses the workflow to read its rules and runs nothing:
 # it must not need the mountain.
 LINTING = "--lint" in sys.argv
+
 
 wildcard_constraints:
     stream="[A-Za-z][A-Za-z0-9_]*",
@@ -44,7 +45,10 @@ def get_marker(stage):
 
 def get_log(stage):
     """The log file pattern of an exposure-level `stage`, parallel to its marker."""
-    return str(marker_path(f"{STATE}/logs", "{stream}", "{night}", "{expid}", stage)) + ".log"
+    return (
+        str(marker_path(f"{STATE}/logs", "{stream}", "{night}", "{expid}", stage))
+        + ".log"
+    )
 
 
 def get_listing(stream):

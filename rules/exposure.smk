@@ -7,6 +7,8 @@ rule stage_exposure:
         get_marker("staged"),
     log:
         get_log("staged"),
+    conda:
+        "../envs/desitransfer.yaml"
     resources:
         transfers=1,
     script:
@@ -20,6 +22,8 @@ rule verify_exposure:
         get_marker("checksummed"),
     log:
         get_log("checksummed"),
+    conda:
+        "../envs/desitransfer.yaml"
     threads: config["verify"]["threads"]
     resources:
         transfers=1,
@@ -34,5 +38,7 @@ rule install_exposure:
         get_marker("installed"),
     log:
         get_log("installed"),
+    conda:
+        "../envs/desitransfer.yaml"
     script:
         "../scripts/install.py"

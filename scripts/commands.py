@@ -13,8 +13,8 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 log = logging.getLogger(__name__)
 

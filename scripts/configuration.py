@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 
@@ -39,17 +39,18 @@ def describe_validation_error(
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
         return None
-    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    path = list(error.absolute_path)
+    key = ".".join(str(p) for p in path) or "(top level)"
     message = error.message
     if error.validator == "required":
         missing = message.split("'")[1] if "'" in message else message
-        key = f"{key}.{missing}" if error.absolute_path else missing
+        key = f"{key}.{missing}" if path else missing
         message = "is required"
     elif error.validator == "additionalProperties":
         message = f"unknown key ({message})"
-    elif error.validator == "pattern" and error.absolute_path[-1:] == ["checksum_file"]:
+    elif error.validator == "pattern" and path[-1:] == ["checksum_file"]:
         message = f"{error.instance!r} may use only the fields {{night}} and {{exposure}}"
-    where = ", ".join(files) or "configuration"
+    where = ", ".join(str(f) for f in files) or "configuration"
     return f"{where}: {key}: {message}; see README.md, section Configuration"
 
 
@@ -113,7 +114,7 @@ def get_now(config: dict) -> dt.datetime:
     """
     value = config.get("now")
     if value in (None, ""):
-        return dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
     try:
         when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
@@ -121,8 +122,8 @@ def get_now(config: dict) -> dt.datetime:
             f"now: {value!r} is not an ISO-8601 time (e.g. 2026-11-29T15:00:00Z)"
         ) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
 
 
 def check_paths(config: dict) -> None:

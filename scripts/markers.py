@@ -38,8 +38,8 @@ def failure_path(marker: str | os.PathLike) -> Path:
 
 def utc_timestamp(when: dt.datetime | None = None) -> str:
     """ISO-8601 UTC time with a ``Z`` suffix, to the second."""
-    when = when or dt.datetime.now(dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = when or dt.datetime.now(dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_json_atomic(path: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -88,7 +88,7 @@ def make_mountain(root: str | os.PathLike, nights: list[str], exposures: int, fi
 
 def recent_nights(count: int, today: dt.date | None = None) -> list[str]:
     """The `count` nights before `today` (UTC), oldest first."""
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or dt.datetime.now(dt.UTC).date()
     return [(today - dt.timedelta(days=d)).strftime("%Y%m%d") for d in range(count, 0, -1)]
 
 

@@ -14,9 +14,9 @@ import logging
 import re
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from scripts.commands import run
 from scripts.markers import write_json_atomic

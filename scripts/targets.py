@@ -8,9 +8,9 @@ about as much as an empty Snakemake run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from scripts.markers import FAILED, read_record
 

@@ -109,7 +109,8 @@ class Site:
         return [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(self.root), *args,
                 "--configfile", str(self.config_file)]
 
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the workflow to completion; with `check`, fail the test on a non-zero exit."""
         result = subprocess.run(self.command(*args), capture_output=True, text=True,
                                 timeout=timeout, cwd=self.root)

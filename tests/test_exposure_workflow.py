@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import NIGHT, REPO, STREAM, planned_jobs
+from conftest import NIGHT, REPO, planned_jobs
 
 from scripts.mountain import checksum_line
 
@@ -57,7 +57,8 @@ def test_space_in_name_and_binary_entries(site):
     (data / "checksum-00001010.sha256sum").write_text("".join(lines))
     site.run()
     assert site.record(NIGHT, "00001010", "checksummed")["outcome"] == "verified"
-    assert (site.installed(NIGHT, "00001010") / "a file with spaces.fits").read_bytes() == b"x" * 500
+    spaced = site.installed(NIGHT, "00001010") / "a file with spaces.fits"
+    assert spaced.read_bytes() == b"x" * 500
 
 
 def corrupt_at_source(site, expid: str) -> Path:

@@ -1,0 +1,55 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   run the workflow on a small synthetic mountain with config.yaml
+#   make test   pass the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYSTEM_TOOLS := rsync ssh /usr/sbin/sshd dot flock
+SYSTEM_PACKAGES := rsync openssh-server openssh-client graphviz util-linux
+
+.PHONY: demo test lint format bench venv system-packages clean-demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Install the system tools when missing: with apt-get as root, else say how.
+system-packages:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages for:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing:$$missing; run: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+demo: venv system-packages clean-demo
+	$(PY) -m scripts.mountain demo/mountain --nights 3 --exposures 4 --files 3 --size 2M --malformed
+	$(PY) -m snakemake
+	@echo
+	$(PY) -m scripts.status --config config.yaml
+	@echo
+	@echo "Data landed in demo/archive/raw; markers and logs are in demo/state."
+	@echo "Run 'make demo' again to start over, or '$(PY) -m snakemake -n' to see nothing is left to do."
+
+clean-demo:
+	@if [ -d demo ]; then chmod -R u+w demo && rm -rf demo; fi
+
+test: venv system-packages
+	$(PY) -m pytest
+	$(MAKE) --no-print-directory lint
+
+lint: venv
+	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile rules/
+	$(VENV)/bin/ruff check scripts tests
+
+format: venv
+	$(VENV)/bin/snakefmt Snakefile rules/
