@@ -46,7 +46,7 @@ def test_parse_listing_sees_the_checksum_lock_and_source_with_trailing_slash():
 
 
 def test_first_night_is_lookback_days_before_now_in_utc():
-    now = dt.datetime(2027, 1, 1, 2, 0, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2027, 1, 1, 2, 0, tzinfo=dt.UTC)
     assert first_night(now, 30) == "20261202"
     assert first_night(now, 1) == "20261231"
 
