@@ -28,6 +28,7 @@ except WorkflowError:
 
 include: "rules/common.smk"
 include: "rules/exposure.smk"
+include: "rules/night.smk"
 
 
 localrules:
@@ -38,3 +39,4 @@ rule all:
     default_target: True
     input:
         get_exposure_targets(),
+        get_night_targets(),

@@ -14,9 +14,16 @@ from scripts.configuration import (
     get_now,
     get_streams,
 )
-from scripts.markers import marker_path
+from scripts.hpss import hpss_status
+from scripts.markers import marker_path, read_failure, read_record
 from scripts.remote import RemoteError, first_night, list_exposures
-from scripts.targets import pending_exposures, scan_night
+from scripts.targets import (
+    due,
+    night_exposures,
+    not_backed_up,
+    pending_exposures,
+    scan_night,
+)
 
 try:
     check_configuration(config)
@@ -24,6 +31,7 @@ except ConfigurationError as err:
     sys.exit(f"desitransfer: {', '.join(map(str, workflow.configfiles))}: {err}")
 
 STATE = config["state"]
+BACKUP = config["backup"]
 STREAMS = get_streams(config)
 NOW = get_now(config)
 FIRST_NIGHT = first_night(NOW, config["lookback_nights"])
@@ -43,12 +51,15 @@ def get_marker(stage):
     return str(marker_path(STATE, "{stream}", "{night}", "{expid}", stage))
 
 
-def get_log(stage):
-    """The log file pattern of an exposure-level `stage`, parallel to its marker."""
-    return (
-        str(marker_path(f"{STATE}/logs", "{stream}", "{night}", "{expid}", stage))
-        + ".log"
-    )
+def get_night_marker(stage):
+    """The marker path pattern of a night-level `stage`."""
+    return str(marker_path(STATE, "{stream}", "{night}", None, stage))
+
+
+def get_log(stage, night_level=False):
+    """The log file pattern of `stage`, parallel to its marker."""
+    expid = None if night_level else "{expid}"
+    return f"{marker_path(f'{STATE}/logs', '{stream}', '{night}', expid, stage)}.log"
 
 
 def get_listing(stream):
@@ -91,11 +102,81 @@ def get_listings():
 LISTINGS = get_listings()
 
 
+_NIGHT_STATES = {}
+
+
+def get_night_state(stream, night):
+    """The markers of one night, read once per parse."""
+    key = (stream, night)
+    if key not in _NIGHT_STATES:
+        _NIGHT_STATES[key] = scan_night(STATE, stream, night)
+    return _NIGHT_STATES[key]
+
+
 def get_exposure_targets():
     """Installed-markers of the listed exposures still pending, every stream."""
     targets = []
     for name, listing in LISTINGS.items():
-        nights = {n: scan_night(STATE, name, n) for n in listing.nights()}
+        nights = {n: get_night_state(name, n) for n in listing.nights()}
         for night, expid in pending_exposures(listing.exposures, nights):
             targets.append(str(marker_path(STATE, name, night, expid, "installed")))
     return targets
+
+
+def get_backup_history(stream, night):
+    """The archives recorded for a night (kept by a failure record across retries)."""
+    marker = marker_path(STATE, stream, night, None, "backedup")
+    record = read_record(marker) or read_failure(marker) or {}
+    return record.get("archives", [])
+
+
+def get_night_expids(stream, night):
+    """The listed, not held, exposures of a night: what its night stages wait for."""
+    listing = LISTINGS.get(stream)
+    if listing is None:
+        return []
+    return night_exposures(listing.exposures, night, get_night_state(stream, night))
+
+
+def get_held_expids(stream, night):
+    listing = LISTINGS.get(stream)
+    listed = {e for n, e in listing.exposures if n == night} if listing else set()
+    return sorted(listed & get_night_state(stream, night).held)
+
+
+def get_night_inputs(wildcards):
+    """Input function: the installed-markers of the night's exposures."""
+    return [
+        str(marker_path(STATE, wildcards.stream, wildcards.night, e, "installed"))
+        for e in get_night_expids(wildcards.stream, wildcards.night)
+    ]
+
+
+def get_hpss_ready():
+    """Whether backups may run now: HPSS status read at most once per run."""
+    if BACKUP["backend"] != "htar" or not BACKUP["hpss_status"]:
+        return True, ""
+    return hpss_status(BACKUP["hpss_status"], BACKUP["status_timeout"])
+
+
+def get_night_targets():
+    """Markers of the due night-level stages: every eligible night, backlog included."""
+    targets, backups = [], []
+    for name, listing in LISTINGS.items():
+        for night in listing.nights():
+            caughtup = marker_path(STATE, name, night, None, "caughtup")
+            if due(night, NOW, config["catchup_hour"]) and not caughtup.exists():
+                targets.append(str(caughtup))
+            if BACKUP["backend"] == "none" or not due(
+                night, NOW, config["backup_hour"]
+            ):
+                continue
+            expids = get_night_expids(name, night)
+            if not_backed_up(expids, get_backup_history(name, night)):
+                backups.append(str(marker_path(STATE, name, night, None, "backedup")))
+    if backups:
+        ready, why = get_hpss_ready()
+        if not ready:
+            logger.info(f"Backup of {len(backups)} night(s) deferred: {why}.")
+            return targets
+    return targets + backups

@@ -9,6 +9,7 @@ from scripts.remote import rsync_shell, source_spec
 
 #: The original daemon's flags; everything else is added for safety.
 BASE_FLAGS = ("--recursive", "--copy-dirlinks", "--times", "--omit-dir-times")
+EXPID_GLOB = "[0-9]" * 8
 _EMPTY_LINE = re.compile(r"^(receiving|sending|sent [0-9]+ bytes|total size)")
 _EXPOSURE_LINE = re.compile(r"^([0-9]{8})/")
 
@@ -21,6 +22,7 @@ def rsync_command(
     dry_run: bool = False,
     itemize: bool = False,
     delete: bool = False,
+    exposures_only: bool = False,
 ) -> list[str]:
     """The rsync command copying the contents of `source` into `destination`.
 
@@ -35,6 +37,9 @@ def rsync_command(
     delete : bool
         Remove files in `destination` that are not in `source`, including the
         temporary files an rsync killed with SIGKILL leaves behind. Only for staging.
+    exposures_only : bool
+        For a whole night: only the 8-digit exposure directories, so that a stray
+        link in the night (one pointing at ``.``, say) is never followed.
 
     Returns
     -------
@@ -52,6 +57,8 @@ def rsync_command(
         command.append("--verbose")
     if delete:
         command.append("--delete")
+    if exposures_only:
+        command += [f"--include=/{EXPID_GLOB}/", f"--include=/{EXPID_GLOB}/**", "--exclude=*"]
     command += rsync_shell(remote)
     command += [source_spec(remote, source.rstrip("/") + "/"), destination.rstrip("/") + "/"]
     return command

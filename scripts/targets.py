@@ -7,6 +7,7 @@ about as much as an empty Snakemake run.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,3 +54,21 @@ def pending_exposures(
         if expid not in seen.installed and expid not in seen.held:
             pending.append((night, expid))
     return pending
+
+
+def due(night: str, now: dt.datetime, hour: int) -> bool:
+    """True from `hour` UTC of the day after `night` (a night ends in the morning)."""
+    start = dt.datetime.strptime(night, "%Y%m%d").replace(tzinfo=dt.UTC)
+    return now >= start + dt.timedelta(days=1, hours=hour)
+
+
+def night_exposures(exposures: Iterable[tuple[str, str]], night: str,
+                    seen: NightState) -> list[str]:
+    """The listed exposures of `night` its night-level stages wait for (held ones excluded)."""
+    return [e for n, e in exposures if n == night and e not in seen.held]
+
+
+def not_backed_up(expids: Iterable[str], history: list[dict]) -> list[str]:
+    """The exposures no archive in `history` holds yet."""
+    archived = {e for archive in history for e in archive.get("exposures", [])}
+    return [e for e in expids if e not in archived]

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import joblog
-from scripts.checksum import verify_exposure
+from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import Stream, get_streams
 from scripts.markers import (
     failure_path,
@@ -67,6 +67,36 @@ def refetch(config: dict, stream: Stream, night: str, expid: str, directory: Pat
         log.error("fetching %s/%s again failed: %s", night, expid, result.describe())
 
 
+def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
+                        directory: Path, location: str, threads: int, first: int = 1,
+                        record_failure=None) -> tuple[VerificationResult, int]:
+    """Verify, fetching again what is wrong, until it passes or attempts run out.
+
+    `record_failure(result, attempt)` is called after each failed attempt, so that a
+    run killed in between leaves the count behind.
+
+    Returns
+    -------
+    (VerificationResult, int)
+        The last result and the attempt number it came from.
+    """
+    max_attempts = config["verify"]["max_attempts"]
+    checksum_name = stream.checksum_name(night, expid)
+    attempt = first
+    while True:
+        result = verify_exposure(directory, checksum_name, threads=threads)
+        if result.ok:
+            return result, attempt
+        log.error("checksum error(s) detected for %s/%s (attempt %d of %d): %s",
+                  night, expid, attempt, max_attempts, result.reason())
+        if record_failure is not None:
+            record_failure(result, attempt)
+        if attempt >= max_attempts:
+            return result, attempt
+        refetch(config, stream, night, expid, directory, location, result.mismatched)
+        attempt += 1
+
+
 def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -> bool:
     """Verify `night`/`expid`, retrying and applying the policy.
 
@@ -79,32 +109,28 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
     max_attempts = config["verify"]["max_attempts"]
     policy = config["verify"]["on_failure"]
     directory, location = exposure_directory(config, stream, night, expid)
-    checksum_name = stream.checksum_name(night, expid)
     previous = read_failure(marker) or {}
     done = previous.get("attempts", 0)
     # A run killed mid-verification goes on counting; an exhausted record (released by
     # a person, or from a run with another policy) starts afresh.
     first = done + 1 if 0 < done < max_attempts else 1
     start = time.monotonic()
-    result = None
-    for attempt in range(first, max_attempts + 1):
-        result = verify_exposure(directory, checksum_name, threads=threads)
-        if result.ok:
-            log.info("%s/%s verified: %d files, %d bytes (attempt %d)", night, expid,
-                     result.files, result.bytes, attempt)
-            write_marker(marker, {
-                "outcome": "verified", "attempt": attempt, "files": result.files,
-                "bytes": result.bytes, "location": location,
-                "duration": round(time.monotonic() - start, 3),
-            })
-            return True
-        log.error("checksum error(s) detected for %s/%s (attempt %d of %d): %s",
-                  night, expid, attempt, max_attempts, result.reason())
+
+    def record_failure(result: VerificationResult, attempt: int) -> None:
         write_failure(marker, result.reason(), attempt, **result.to_record(),
                       location=location, exhausted=attempt >= max_attempts)
-        if attempt < max_attempts:
-            refetch(config, stream, night, expid, directory, location, result.mismatched)
-    assert result is not None
+
+    result, attempt = verify_with_retries(config, stream, night, expid, directory, location,
+                                          threads, first, record_failure)
+    if result.ok:
+        log.info("%s/%s verified: %d files, %d bytes (attempt %d)", night, expid,
+                 result.files, result.bytes, attempt)
+        write_marker(marker, {
+            "outcome": "verified", "attempt": attempt, "files": result.files,
+            "bytes": result.bytes, "location": location,
+            "duration": round(time.monotonic() - start, 3),
+        })
+        return True
     failure = read_failure(marker)
     if policy == "install":
         log.error("%s/%s failed verification %d times; installing anyway (on_failure: install);"
