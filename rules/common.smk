@@ -15,7 +15,7 @@ from scripts.configuration import (
     get_streams,
 )
 from scripts.hpss import hpss_status
-from scripts.markers import marker_path, read_failure, read_record
+from scripts.markers import marker_path, read_record
 from scripts.remote import RemoteError, first_night, list_exposures
 from scripts.targets import (
     due,
@@ -44,6 +44,7 @@ wildcard_constraints:
     stream="[A-Za-z][A-Za-z0-9_]*",
     night="[0-9]{8}",
     expid="[0-9]{8}",
+    index="[1-9][0-9]*",
 
 
 def get_marker(stage):
@@ -124,10 +125,9 @@ def get_exposure_targets():
 
 
 def get_backup_history(stream, night):
-    """The archives recorded for a night (kept by a failure record across retries)."""
-    marker = marker_path(STATE, stream, night, None, "backedup")
-    record = read_record(marker) or read_failure(marker) or {}
-    return record.get("archives", [])
+    """The archives recorded for a night, or None if it was never backed up."""
+    record = read_record(marker_path(STATE, stream, night, None, "backedup"))
+    return None if record is None else record.get("archives", [])
 
 
 def get_night_expids(stream, night):
@@ -142,6 +142,16 @@ def get_held_expids(stream, night):
     listing = LISTINGS.get(stream)
     listed = {e for n, e in listing.exposures if n == night} if listing else set()
     return sorted(listed & get_night_state(stream, night).held)
+
+
+def get_late_inputs(wildcards):
+    """Input function: the installed-markers of exposures no archive holds yet."""
+    history = get_backup_history(wildcards.stream, wildcards.night) or []
+    expids = get_night_expids(wildcards.stream, wildcards.night)
+    return [
+        str(marker_path(STATE, wildcards.stream, wildcards.night, e, "installed"))
+        for e in not_backed_up(expids, history)
+    ]
 
 
 def get_night_inputs(wildcards):
@@ -171,9 +181,13 @@ def get_night_targets():
                 night, NOW, config["backup_hour"]
             ):
                 continue
-            expids = get_night_expids(name, night)
-            if not_backed_up(expids, get_backup_history(name, night)):
+            history = get_backup_history(name, night)
+            if history is None:
                 backups.append(str(marker_path(STATE, name, night, None, "backedup")))
+            elif not_backed_up(get_night_expids(name, night), history):
+                # Late exposures: the next supplementary archive, a marker of its own.
+                stage = f"backedup.{len(history)}"
+                backups.append(str(marker_path(STATE, name, night, None, stage)))
     if backups:
         ready, why = get_hpss_ready()
         if not ready:

@@ -32,7 +32,25 @@ rule back_up_night:
     resources:
         tape=1,
     params:
-        history=lambda wc: get_backup_history(wc.stream, wc.night),
+        exposures=lambda wc: get_night_expids(wc.stream, wc.night),
+        held=lambda wc: get_held_expids(wc.stream, wc.night),
+    script:
+        "../scripts/backup.py"
+
+
+rule back_up_late_exposures:
+    input:
+        get_late_inputs,
+    output:
+        get_night_marker("backedup.{index}"),
+    log:
+        get_log("backedup.{index}", night_level=True),
+    conda:
+        "../envs/desitransfer.yaml"
+    threads: 1
+    resources:
+        tape=1,
+    params:
         exposures=lambda wc: get_night_expids(wc.stream, wc.night),
         held=lambda wc: get_held_expids(wc.stream, wc.night),
     script:

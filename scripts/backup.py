@@ -30,7 +30,15 @@ from scripts.catch_up import CatchUpError, catch_up_night
 from scripts.commands import run
 from scripts.configuration import Stream, get_streams
 from scripts.hpss import BackupError, hsi_list, htar_command
-from scripts.markers import marker_path, read_failure, utc_timestamp, write_failure, write_marker
+from scripts.markers import (
+    marker_path,
+    read_failure,
+    read_record,
+    utc_timestamp,
+    write_failure,
+    write_json_atomic,
+    write_marker,
+)
 from scripts.permissions import DIR_MODE_BACKUP, set_tree_modes
 from scripts.tar_archive import list_archives, write_archive
 from scripts.targets import not_backed_up
@@ -95,18 +103,32 @@ class Tape:
                                if line.startswith("HTAR: a "))}
 
 
-def back_up_night(config: dict, stream: Stream, night: str, history: list[dict],
-                  expids: list[str], held: list[str], threads: int = 2) -> dict:
-    """Put `night` on tape; return the marker record.
+def write_and_confirm(tape: Tape, stream: Stream, night: str, index: int,
+                      members: list[str], expids: list[str]) -> dict:
+    """Write archive `index` of the night and confirm both files are in the archive."""
+    start = time.monotonic()
+    name = archive_name(stream, night, index)
+    log.info("Backing up %s to %s/%s (%s)", night, stream.hpss, name, ", ".join(members))
+    written = tape.write(name, members)
+    after = tape.listing()
+    if name not in after or f"{name}.idx" not in after:
+        raise BackupError(f"{stream.hpss}/{name} and its .idx are not both in the archive"
+                          " after the backup; it will be tried again")
+    return {"name": name, "path": f"{stream.hpss}/{name}", "size": after[name],
+            "members": written.get("members"), "exposures": sorted(expids),
+            "time": utc_timestamp(), "duration": round(time.monotonic() - start, 3)}
+
+
+def back_up_night(config: dict, stream: Stream, night: str, expids: list[str],
+                  held: list[str], threads: int = 2) -> dict:
+    """Put `night` on tape for the first time; return the marker record.
 
     Parameters
     ----------
-    history : list of dict
-        The archives already recorded for the night (empty the first time).
     expids : list of str
-        The installed exposures the night's archives must hold.
+        The installed exposures of the night.
     held : list of str
-        Exposures held by policy, named in the record, not archived.
+        Exposures held by policy: named in the record, not archived.
 
     Raises
     ------
@@ -114,10 +136,9 @@ def back_up_night(config: dict, stream: Stream, night: str, history: list[dict],
         Any failure: the night is not backed up and the next run tries again.
     """
     tape = Tape(config, stream)
-    start = time.monotonic()
     listing = tape.listing()
     first = archive_name(stream, night, 0)
-    if not history and first in listing and f"{first}.idx" in listing:
+    if first in listing and f"{first}.idx" in listing:
         log.info("Backup of %s already complete (%s and its .idx are in %s): adopted.",
                  night, first, stream.hpss)
         return {"outcome": "adopted", "archives": [{
@@ -128,46 +149,65 @@ def back_up_night(config: dict, stream: Stream, night: str, history: list[dict],
         final_catch_up = catch_up_night(config, stream, night, threads)
     except CatchUpError as err:
         raise BackupError(f"final catch-up before backup failed: {err}") from None
-    missing = not_backed_up(expids, history)
-    if not missing:
-        log.info("Every exposure of %s is already on tape.", night)
-        return {"outcome": "backed up", "archives": history,
-                "exposures": sorted(expids), "held": held}
-    index = next_archive_index(stream, night, history, listing)
-    name = archive_name(stream, night, index)
-    night_dir = stream.destination / night
-    set_tree_modes(night_dir, DIR_MODE_BACKUP, None)
-    members = [night] if index == 0 and not history else [f"{night}/{e}" for e in missing]
-    log.info("Backing up %s to %s/%s (%d exposure(s))", night, stream.hpss, name, len(missing))
-    written = tape.write(name, members)
-    after = tape.listing()
-    if name not in after or f"{name}.idx" not in after:
-        raise BackupError(f"{stream.hpss}/{name} and its .idx are not both in the archive"
-                          " after the backup; it will be tried again")
-    archive = {"name": name, "path": f"{stream.hpss}/{name}", "size": after[name],
-               "members": written.get("members"), "exposures": sorted(missing),
-               "time": utc_timestamp(), "duration": round(time.monotonic() - start, 3)}
-    return {"outcome": "backed up", "archives": [*history, archive],
-            "exposures": sorted({*expids, *(e for a in history for e in a["exposures"])}),
-            "held": held, "supplementary": index > 0,
+    set_tree_modes(stream.destination / night, DIR_MODE_BACKUP, None)
+    index = next_archive_index(stream, night, [], listing)
+    archive = write_and_confirm(tape, stream, night, index, [night], expids)
+    return {"outcome": "backed up", "archives": [archive], "exposures": sorted(expids),
+            "held": held,
             "final_catch_up": {k: final_catch_up[k] for k in ("outcome", "changed_files")}}
 
 
-def run_backup(config: dict, stream: Stream, night: str, history: list[dict],
-               expids: list[str], held: list[str], threads: int) -> bool:
-    marker = marker_path(config["state"], stream.name, night, None, "backedup")
-    # Snakemake removes a marker before re-running its job: the history came in
-    # through params, and a failure record keeps it for the next attempt.
-    history = history or (read_failure(marker) or {}).get("archives", [])
+def back_up_late_exposures(config: dict, stream: Stream, night: str, expids: list[str],
+                           main_marker: Path) -> dict:
+    """Archive the exposures installed after their night went to tape.
+
+    They go into the next supplementary archive; the night's record (`main_marker`)
+    gains it, so that one record lists every archive of the night.
+
+    Returns
+    -------
+    dict
+        The supplementary archive's record.
+    """
+    record = read_record(main_marker)
+    if record is None:
+        raise BackupError(f"{main_marker} is missing: the night's first backup comes first")
+    history = record.get("archives", [])
+    missing = not_backed_up(expids, history)
+    if not missing:
+        return {"outcome": "nothing to add", "archives": []}
+    tape = Tape(config, stream)
+    index = next_archive_index(stream, night, history, tape.listing())
+    night_dir = stream.destination / night
+    set_tree_modes(night_dir, DIR_MODE_BACKUP, None)
+    archive = write_and_confirm(tape, stream, night, index,
+                                [f"{night}/{e}" for e in missing], missing)
+    record["archives"] = [*history, archive]
+    record["exposures"] = sorted({*record.get("exposures", []), *missing})
+    write_json_atomic(main_marker, record)
+    return {"outcome": "backed up", "supplementary": True, "archives": [archive],
+            "exposures": missing}
+
+
+def run_backup(config: dict, stream: Stream, night: str, marker: Path, expids: list[str],
+               held: list[str], threads: int, index: int = 0) -> bool:
+    """Run the night's backup (`index` 0) or a supplementary one; write the marker."""
+    previous_failure = read_failure(marker) or {}
     start = time.monotonic()
     try:
-        record = back_up_night(config, stream, night, history, expids, held, threads)
+        if index == 0:
+            record = back_up_night(config, stream, night, expids, held, threads)
+        else:
+            main = marker_path(config["state"], stream.name, night, None, "backedup")
+            record = back_up_late_exposures(config, stream, night, expids, main)
     except BackupError as err:
-        attempts = (read_failure(marker) or {}).get("attempts", 0) + 1
+        attempts = previous_failure.get("attempts", 0) + 1
         log.error("Backup of %s failed: %s", night, err)
-        write_failure(marker, str(err), attempts, archives=history)
+        write_failure(marker, str(err), attempts)
         return False
     record["duration"] = round(time.monotonic() - start, 3)
+    if previous_failure:
+        record["previous_failure"] = previous_failure.get("reason")
     write_marker(marker, record)
     return True
 
@@ -177,5 +217,6 @@ if __name__ == "__main__" and "snakemake" in globals():
     joblog.setup(sm.log[0])
     os.umask(0o027)
     ok = run_backup(sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
-                    sm.params.history, sm.params.exposures, sm.params.held, sm.threads)
+                    Path(sm.output[0]), sm.params.exposures, sm.params.held, sm.threads,
+                    int(sm.wildcards.get("index", 0)))
     sys.exit(0 if ok else 1)

@@ -6,6 +6,7 @@ directories, with the project's profile and a test configuration.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import pwd
@@ -13,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +56,7 @@ class Site:
         self.config_file = root / "config.yaml"
         self.lock = root / "checksum-running"
         self.source.mkdir(parents=True)
+        self.env = dict(os.environ)
         self.config = {
             "state": str(self.state),
             "lookback_nights": 30,
@@ -66,6 +69,7 @@ class Site:
                 "listing_cache": 0,
             },
             "verify": {"max_attempts": 3, "on_failure": "install", "threads": 2},
+            "backup": {"backend": "none"},
             "streams": {
                 STREAM: {
                     "source": str(self.source),
@@ -113,7 +117,7 @@ class Site:
             timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the workflow to completion; with `check`, fail the test on a non-zero exit."""
         result = subprocess.run(self.command(*args), capture_output=True, text=True,
-                                timeout=timeout, cwd=self.root)
+                                timeout=timeout, cwd=self.root, env=self.env)
         if check and result.returncode != 0:
             pytest.fail(f"workflow failed ({result.returncode}):\n{result.stderr[-6000:]}")
         return result
@@ -209,3 +213,57 @@ AllowUsers {user}
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+class StatusServer:
+    """A real HTTP server answering like NERSC's HPSS status endpoint."""
+
+    def __init__(self):
+        self.body = b'{"status": "active"}'
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1.2/status/archive"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set_status(self, status: str) -> None:
+        self.body = json.dumps({"name": "archive", "status": status}).encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def status_server():
+    server = StatusServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def tape(site, status_server):
+    """Back up with htar to the HPSS emulator over a local directory."""
+    root = site.root / "hpss"
+    site.env["HPSS_ROOT"] = str(root)
+    site.config["backup"] = {
+        "backend": "htar",
+        "hpss_bin": str(REPO / "tests" / "hpss_emulator"),
+        "hpss_status": status_server.url,
+        "status_timeout": 5,
+        "timeout": 60,
+    }
+    return root
