@@ -500,35 +500,44 @@ def test_largest_files_are_hashed_first(tmp_path, monkeypatch):
     assert order == ["large.fits", "medium.fits", "small.fits"]
 
 
-def test_unreadable_file_is_mismatched_not_raised(tmp_path, monkeypatch):
-    write_files(tmp_path, {"a.fits": b"a", "b.fits": b"b"})
-    write_listing(tmp_path, [f"{digest(b'a')}  a.fits", f"{digest(b'b')}  b.fits"])
-    real = checksum._open_below
+def test_unreadable_file_is_mismatched_not_raised():
+    """A file the verifying user cannot read: reported, not raised. Root reads
+    everything, so as root the verifier runs in a child process as user nobody."""
+    import tempfile
 
-    def refuse_b(root_fd, relative):
-        if relative == "b.fits":
-            raise PermissionError(13, "Permission denied")
-        return real(root_fd, relative)
-
-    monkeypatch.setattr(checksum, "_open_below", refuse_b)
-    result = verify_exposure(tmp_path, CHECKSUM)
-    assert not result.ok
-    assert result.mismatched == ["b.fits"]
-    assert result.files == 1
-    assert result.reason() == "1 mismatched (b.fits: Permission denied)"
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read mode-000 files")
-def test_unreadable_file_real_permissions(tmp_path):
-    write_files(tmp_path, {"a.fits": b"a"})
-    write_listing(tmp_path, [f"{digest(b'a')}  a.fits"])
-    (tmp_path / "a.fits").chmod(0)
+    top = Path(tempfile.mkdtemp(prefix="desitransfer-unreadable-"))
     try:
-        result = verify_exposure(tmp_path, CHECKSUM)
+        top.chmod(0o755)
+        write_files(top, {"a.fits": b"a", "b.fits": b"b"})
+        write_listing(top, [f"{digest(b'a')}  a.fits", f"{digest(b'b')}  b.fits"])
+        for name in ("a.fits", CHECKSUM):
+            (top / name).chmod(0o644)
+        (top / "b.fits").chmod(0)
+        code = ("import json, sys; sys.path.insert(0, sys.argv[3]);"
+                "from scripts.checksum import verify_exposure;"
+                "r = verify_exposure(sys.argv[1], sys.argv[2]);"
+                "print(json.dumps([r.ok, r.mismatched, r.files, r.reason()]))")
+
+        def drop_privileges():
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+
+        # The checksum module is stdlib-only; as nobody, use an interpreter outside
+        # root's home (pyenv and the venv may live there).
+        python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
+        out = subprocess.run([python, "-c", code, str(top), CHECKSUM,
+                              str(Path(__file__).resolve().parents[1])],
+                             capture_output=True, text=True, check=True,
+                             preexec_fn=drop_privileges)
+        ok, mismatched, files, reason = json.loads(out.stdout)
     finally:
-        (tmp_path / "a.fits").chmod(0o644)
-    assert result.mismatched == ["a.fits"]
-    assert "Permission denied" in result.reason()
+        (top / "b.fits").chmod(0o644)
+        shutil.rmtree(top)
+    assert not ok
+    assert mismatched == ["b.fits"]
+    assert files == 1
+    assert reason == "1 mismatched (b.fits: Permission denied)"
 
 
 def test_non_regular_listed_entries_are_mismatched(tmp_path):
