@@ -15,7 +15,7 @@ from scripts.configuration import (
     get_streams,
 )
 from scripts.hpss import hpss_status
-from scripts.markers import marker_path, read_record
+from scripts.markers import failure_path, marker_path, read_record, write_failure
 from scripts.remote import RemoteError, first_night, list_exposures
 from scripts.targets import (
     due,
@@ -64,17 +64,25 @@ def get_log(stage, night_level=False):
 
 
 def get_listing(stream):
-    """The mountain's listing for `stream`, cached for remote.listing_cache seconds."""
+    """The mountain's listing for `stream`, cached for remote.listing_cache seconds.
+
+    A failure is recorded beside the cache (the cron entry counts unreachable runs
+    from it) and stops the run with one line.
+    """
+    cache = Path(STATE, ".listing", f"{stream.name}.json")
     try:
-        return list_exposures(
+        listing = list_exposures(
             config["remote"],
             stream.source,
             FIRST_NIGHT,
-            cache_file=Path(STATE, ".listing", f"{stream.name}.json"),
+            cache_file=cache,
             cache_seconds=config["remote"]["listing_cache"],
         )
     except RemoteError as err:
+        write_failure(cache, str(err), 1)
         sys.exit(f"desitransfer: stream {stream.name}: {err}")
+    failure_path(cache).unlink(missing_ok=True)
+    return listing
 
 
 def get_listings():

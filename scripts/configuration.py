@@ -7,6 +7,7 @@ answers the questions every stage asks of the configuration.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 from collections.abc import Iterable
@@ -52,6 +53,22 @@ def describe_validation_error(
         message = f"{error.instance!r} may use only the fields {{night}} and {{exposure}}"
     where = ", ".join(str(f) for f in files) or "configuration"
     return f"{where}: {key}: {message}; see README.md, section Configuration"
+
+
+def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
+    """A copy of `config` with the schema's defaults filled in (for the cron entry,
+    which reads the configuration before Snakemake does)."""
+
+    def fill(value, schema):
+        if isinstance(value, dict) and "properties" in schema:
+            for key, sub in schema["properties"].items():
+                if key not in value and "default" in sub:
+                    value[key] = copy.deepcopy(sub["default"])
+                if key in value:
+                    value[key] = fill(value[key], sub)
+        return value
+
+    return fill(copy.deepcopy(config), yaml.safe_load(schema_path.read_text()))
 
 
 def load_yaml(path: str | os.PathLike) -> dict:

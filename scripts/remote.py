@@ -44,11 +44,20 @@ class Listing:
         return sorted({night for night, _ in self.exposures})
 
 
+def ssh_command(remote: dict) -> list[str]:
+    """The configured ssh command, with ``BatchMode=yes`` added if it is missing:
+    ssh must fail rather than wait for a password that nobody will type."""
+    ssh = list(remote["ssh"])
+    if not any("batchmode" in option.lower() for option in ssh):
+        ssh[1:1] = ["-o", "BatchMode=yes"]
+    return ssh
+
+
 def remote_command(remote: dict, script: str) -> list[str]:
     """The argv that runs shell `script` on the mountain (or here, for host ``local``)."""
     if remote["host"] == LOCAL:
         return ["sh", "-c", script]
-    return [*remote["ssh"], remote["host"], script]
+    return [*ssh_command(remote), remote["host"], script]
 
 
 def listing_script(source: str, checksum_lock: str) -> str:
@@ -181,4 +190,4 @@ def rsync_shell(remote: dict) -> Sequence[str]:
     """rsync's ``-e`` option for the configured ssh, or nothing for a local source."""
     if remote["host"] == LOCAL:
         return []
-    return ["-e", shlex.join(remote["ssh"])]
+    return ["-e", shlex.join(ssh_command(remote))]

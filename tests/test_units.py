@@ -125,3 +125,12 @@ def test_marker_success_removes_the_failure_record(tmp_path):
 def test_marker_paths_are_the_interface(tmp_path, stage):
     assert marker_path("st", "DESI", "20261120", "00001234", stage).as_posix() == \
         f"st/DESI/20261120/00001234.{stage}"
+
+
+def test_ssh_always_runs_in_batch_mode():
+    from scripts.remote import ssh_command
+
+    assert ssh_command({"ssh": ["ssh", "-p", "22"]}) == ["ssh", "-o", "BatchMode=yes", "-p", "22"]
+    assert ssh_command({"ssh": ["ssh", "-o", "batchmode=yes"]}) == ["ssh", "-o", "batchmode=yes"]
+    command = rsync_command({**REMOTE, "ssh": ["ssh", "-q"]}, "/a", "/b")
+    assert command[command.index("-e") + 1] == "ssh -o BatchMode=yes -q"

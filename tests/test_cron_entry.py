@@ -1,0 +1,223 @@
+"""The cron entry, driven as cron drives it: a subprocess, with a real SMTP server."""
+
+from __future__ import annotations
+
+import email
+import fcntl
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from email.policy import default
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from conftest import NIGHT, REPO, free_port
+
+CRON = [sys.executable, str(REPO / "scripts" / "cron_entry.py")]
+
+
+class Mailbox:
+    """An SMTP server on loopback that keeps what it receives."""
+
+    def __init__(self):
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        self.messages.append(email.message_from_bytes(envelope.content, policy=default))
+        return "250 OK"
+
+    def subjects(self) -> list[str]:
+        return [m["Subject"] for m in self.messages]
+
+
+@pytest.fixture
+def mailbox():
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    box.smtp = f"127.0.0.1:{controller.port}"
+    yield box
+    controller.stop()
+
+
+def cron(site, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    site.config.setdefault("kill_file", str(site.root / "stop_desi_transfer"))
+    return subprocess.run([*CRON, str(site.write_config()), *args], cwd=site.root,
+                          capture_output=True, text=True, timeout=timeout, env=site.env)
+
+
+def cron_log(site) -> str:
+    return (site.state / "logs" / "desi_transfer.log").read_text()
+
+
+def with_alerts(site, mailbox, **extra):
+    site.config["alerts"] = {"to": ["desi-alarms@example.org"], "smtp": mailbox.smtp, **extra}
+
+
+def test_kill_file_stops_at_once(site):
+    site.exposure("00004000")
+    (site.root / "stop_desi_transfer").touch()
+    result = cron(site)
+    assert result.returncode == 0 and result.stderr == ""
+    assert "stop_desi_transfer detected, not running" in cron_log(site)
+    assert not (site.root / ".snakemake").exists()
+    assert not site.installed(NIGHT, "00004000").exists()
+
+
+def test_second_invocation_while_a_run_holds_the_lock_exits_at_once(site):
+    site.exposure("00004010")
+    site.state.mkdir()
+    with open(site.state / ".cron.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running cron entry would
+        start = time.monotonic()
+        result = cron(site)
+        elapsed = time.monotonic() - start
+    assert result.returncode == 0 and elapsed < 1.5
+    assert "another run holds" in cron_log(site)
+    assert not (site.root / ".snakemake").exists()  # no DAG was built
+    assert cron(site).returncode == 0  # once released, the next run transfers
+    assert site.installed(NIGHT, "00004010").is_dir()
+
+
+def test_run_logs_rotates_and_prunes_and_keeps_files_private(site):
+    site.exposure("00004020")
+    logs = site.state / "logs"
+    logs.mkdir(parents=True)
+    (logs / "desi_transfer.log").write_bytes(b"x" * (10 * 2**20 + 1))
+    old = site.root / ".snakemake" / "log"
+    old.mkdir(parents=True)
+    for i in range(60):
+        (old / f"2026-01-01T0000{i:02d}.000000.snakemake.log").write_text("")
+    result = cron(site)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # cron mails only real problems
+    assert (logs / "desi_transfer.log.1").stat().st_size > 10 * 2**20
+    assert "run finished" in cron_log(site)
+    assert len(list(old.glob("*.snakemake.log"))) == 50
+    for path in (site.state / ".cron.lock", logs / "desi_transfer.log",
+                 site.marker(NIGHT, "00004020", "installed")):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o022 == 0, path
+
+
+def test_failure_exits_non_zero_with_a_summary_and_mails_once_then_resolved(site, mailbox):
+    data = site.exposure("00004030")
+    victim = data / "desi-00004030.fits.fz"
+    victim.write_bytes(b"corrupted" + victim.read_bytes()[9:])
+    site.config["verify"]["on_failure"] = "hold"
+    with_alerts(site, mailbox)
+    result = cron(site)
+    assert result.returncode == 1
+    assert "desitransfer run failed" in result.stderr
+    assert "checksum error(s) detected for 20261127/00004030" in result.stderr
+    assert mailbox.subjects() == [
+        "[desitransfer] DESI_SPECTRO_DATA 20261127/00004030: verification failed"]
+    body = mailbox.messages[0].get_content()
+    assert "1 mismatched (desi-00004030.fits.fz)" in body and "What to do" in body
+    assert cron(site).returncode == 0  # held: later runs leave it alone...
+    assert len(mailbox.messages) == 1  # ...and do not mail again
+    # A person fixes the data at the source and releases the exposure.
+    site.exposure("00004030")
+    Path(f"{site.marker(NIGHT, '00004030', 'checksummed')}.failed").unlink()
+    assert cron(site).returncode == 0
+    assert site.installed(NIGHT, "00004030").is_dir()
+    assert mailbox.subjects()[1] == \
+        "[desitransfer] resolved: DESI_SPECTRO_DATA 20261127/00004030: verification"
+
+
+def test_unreachable_mountain_mails_after_n_runs_and_when_it_is_back(site, sshd, mailbox):
+    site.exposure("00004040")
+    dead = list(sshd["ssh"])
+    dead[dead.index("-p") + 1] = str(free_port())
+    site.config["remote"].update(host=sshd["host"], ssh=dead)
+    with_alerts(site, mailbox, unreachable_runs=2)
+    first = cron(site)
+    assert first.returncode == 1 and "cannot reach" in first.stderr
+    assert mailbox.messages == []
+    assert cron(site).returncode == 1
+    assert mailbox.subjects() == ["[desitransfer] all streams "
+                                  f"{sshd['host']}: listing failed"]
+    assert "2 consecutive runs" in mailbox.messages[0].get_content()
+    cron(site)
+    assert len(mailbox.messages) == 1
+    site.config["remote"]["ssh"] = sshd["ssh"]
+    assert cron(site).returncode == 0
+    assert site.installed(NIGHT, "00004040").is_dir()
+    assert mailbox.subjects()[-1].startswith("[desitransfer] resolved: all streams")
+
+
+def test_unreachable_smtp_server_never_fails_the_transfer(site):
+    data = site.exposure("00004050")
+    (data / "extra.txt").write_text("unlisted")
+    site.config["verify"]["max_attempts"] = 1
+    site.config["alerts"] = {"to": ["desi-alarms@example.org"],
+                             "smtp": f"127.0.0.1:{free_port()}"}
+    result = cron(site)
+    assert result.returncode == 0
+    assert site.installed(NIGHT, "00004050").is_dir()
+    assert "cannot send alert" in cron_log(site)
+
+
+def test_configuration_error_is_one_line_and_a_mail(site, mailbox):
+    with_alerts(site, mailbox)
+    site.config["verify"]["on_failure"] = "ignore"
+    result = cron(site)
+    assert result.returncode == 1
+    assert "verify.on_failure: 'ignore' is not one of" in result.stderr
+    assert mailbox.subjects() == [f"[desitransfer] all streams {site.config_file}:"
+                                  " configuration failed"]
+
+
+def test_unreadable_configuration_is_one_line(site, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("state: [unclosed\n")
+    result = subprocess.run([*CRON, str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "bad.yaml" in result.stderr
+
+
+def test_checksum_lock_is_logged_once_per_run_not_as_an_error(site):
+    site.exposure("00004060")
+    site.lock.write_text("")
+    assert cron(site).returncode == 0
+    lines = [line for line in cron_log(site).splitlines() if "Checksums are being computed" in line]
+    assert len(lines) == 1 and " ERROR " not in lines[0]
+    assert not site.installed(NIGHT, "00004060").exists()
+
+
+def test_hung_rsync_ends_as_a_timed_out_failure(site, sshd):
+    site.exposure("00004070")
+    site.exposure("00004071", night="20261126")
+    site.config["remote"].update(host=sshd["host"], ssh=sshd["ssh"], listing_cache=3600,
+                                 transfer_timeout=3)
+    site.run("-n")  # lists over the real sshd and caches the listing
+    with socket.socket() as silent:  # then the mountain stops answering
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hung = list(sshd["ssh"])
+        hung[hung.index("-p") + 1] = str(silent.getsockname()[1])
+        site.config["remote"]["ssh"] = hung
+        start = time.monotonic()
+        result = cron(site)
+        elapsed = time.monotonic() - start
+    assert result.returncode == 1
+    assert elapsed < 60
+    for night, expid in ((NIGHT, "00004070"), ("20261126", "00004071")):
+        failure = site.failure(night, expid, "staged")
+        assert "timed out after 3 s" in failure["reason"] and failure["timed_out"]
+
+
+def test_ssh_without_batchmode_gets_it(site, sshd):
+    ssh = list(sshd["ssh"])
+    i = ssh.index("BatchMode=yes")
+    del ssh[i - 1:i + 1]
+    site.config["remote"].update(host=sshd["host"], ssh=ssh)
+    site.exposure("00004080")
+    # Without BatchMode ssh could wait for a password; the workflow adds it.
+    result = cron(site)
+    assert result.returncode == 0, result.stderr
+    assert site.installed(NIGHT, "00004080").is_dir()
+    assert os.path.exists(site.state / ".listing" / "DESI_SPECTRO_DATA.json")
