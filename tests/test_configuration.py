@@ -69,3 +69,12 @@ def test_clock_is_utc():
         "2027-01-01T06:30:00+00:00"
     assert get_now({"now": "2026-12-31T23:30:00"}).tzinfo is not None
     assert get_now({"now": None}).utcoffset().total_seconds() == 0
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "examples/nersc.yaml"])
+def test_bundled_configurations_are_valid(name):
+    from conftest import REPO
+
+    from scripts.configuration import describe_validation_error
+
+    assert describe_validation_error(load_yaml(REPO / name), [name]) is None

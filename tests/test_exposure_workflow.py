@@ -236,3 +236,13 @@ def test_sigkill_during_rsync_is_completed_by_the_next_run(site):
     assert site.record(NIGHT, "00001130", "checksummed")["outcome"] == "verified"
     assert sorted(p.name for p in site.installed(NIGHT, "00001130").iterdir()) == \
         sorted([*big, "checksum-00001130.sha256sum"])
+
+
+def test_dag_draws_with_graphviz(site):
+    site.exposure("00001140")
+    (site.source / NIGHT / "bad-link").symlink_to(".")  # its warning must not reach stdout
+    dag = site.run("--dag").stdout
+    assert dag.startswith("digraph snakemake_dag")
+    svg = subprocess.run(["dot", "-Tsvg"], input=dag, capture_output=True, text=True,
+                         check=True).stdout
+    assert "stage_exposure" in svg and "install_exposure" in svg
