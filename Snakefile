@@ -33,6 +33,7 @@ include: "rules/night.smk"
 
 localrules:
     all,
+    report_listing_failure,
 
 
 rule all:
@@ -40,3 +41,4 @@ rule all:
     input:
         get_exposure_targets(),
         get_night_targets(),
+        get_listing_failure_targets(),

@@ -64,10 +64,11 @@ def get_log(stage, night_level=False):
 
 
 def get_listing(stream):
-    """The mountain's listing for `stream`, cached for remote.listing_cache seconds.
+    """The mountain's listing for `stream` (cached for remote.listing_cache seconds),
+    or the one-line reason it could not be had.
 
-    A failure is recorded beside the cache (the cron entry counts unreachable runs
-    from it) and stops the run with one line.
+    A failure is recorded beside the cache: the cron entry counts unreachable runs
+    from it.
     """
     cache = Path(STATE, ".listing", f"{stream.name}.json")
     try:
@@ -80,18 +81,26 @@ def get_listing(stream):
         )
     except RemoteError as err:
         write_failure(cache, str(err), 1)
-        sys.exit(f"desitransfer: stream {stream.name}: {err}")
+        return None, f"desitransfer: stream {stream.name}: {err}"
     failure_path(cache).unlink(missing_ok=True)
-    return listing
+    return listing, None
 
 
 def get_listings():
-    """Every stream's listing; malformed links are reported and skipped."""
-    listings = {}
+    """Every stream's listing; malformed links are reported and skipped.
+
+    When no stream can be listed the run stops with one line per stream. When only
+    some fail, the others go on and a failing `report_listing_failure` job makes the
+    run's status say so.
+    """
+    listings, errors = {}, {}
     if LINTING:
-        return listings
+        return listings, errors
     for name, stream in STREAMS.items():
-        listing = get_listing(stream)
+        listing, error = get_listing(stream)
+        if listing is None:
+            errors[name] = error
+            continue
         for link in listing.malformed:
             logger.warning(
                 f"Malformed symlink detected: {link} (stream {name}); expected "
@@ -103,12 +112,21 @@ def get_listings():
                 f"({config['remote']['checksum_lock']} exists on "
                 f"{config['remote']['host']}): no transfer is planned this run."
             )
-            return {}
+            return {}, {}
         listings[name] = listing
-    return listings
+    if errors and not listings:
+        sys.exit("\n".join(errors.values()))
+    for error in errors.values():
+        logger.error(error)
+    return listings, errors
 
 
-LISTINGS = get_listings()
+LISTINGS, LISTING_ERRORS = get_listings()
+
+
+def get_listing_failure_targets():
+    """One failing job per stream that could not be listed (see get_listings)."""
+    return [f"{STATE}/.listing/{name}.unlisted" for name in LISTING_ERRORS]
 
 
 _NIGHT_STATES = {}

@@ -2,6 +2,19 @@
 # (read-only, renamed into the archive). Each writes its marker on success only.
 
 
+rule report_listing_failure:
+    # Never succeeds: it makes a run in which some stream could not be listed end in
+    # failure while the other streams' jobs go on. Its output is never written.
+    output:
+        f"{STATE}/.listing/{{stream}}.unlisted",
+    log:
+        f"{STATE}/logs/{{stream}}.listing.log",
+    params:
+        reason=lambda wc: LISTING_ERRORS.get(wc.stream, "listing failed"),
+    shell:
+        "echo {params.reason:q} | tee {log} >&2; exit 1"
+
+
 rule stage_exposure:
     output:
         get_marker("staged"),

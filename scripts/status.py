@@ -711,7 +711,7 @@ def write_year_files(state: str | os.PathLike, stream: str, directory: str | os.
                 rows[night] = night_data
         content = encode_year(rows)
         if existing is None or encode_year(existing) != content or not path.exists():
-            _write_bytes_atomic(path, content)
+            write_bytes_atomic(path, content)
         written[path.name] = _sha256(content)
         paths.append(path)
     write_json_atomic(manifest_file, {
@@ -727,7 +727,7 @@ def _legacy_nights(path: Path) -> dict[str, dict]:
     return raw if valid_year_data(raw) else {}
 
 
-def _write_bytes_atomic(path: Path, content: bytes) -> None:
+def write_bytes_atomic(path: Path, content: bytes) -> None:
     """Temporary file + rename: a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -936,7 +936,7 @@ def human_bytes(size: int) -> str:
 
 def short_time(value: Any) -> str:
     """``11-29 02:11:46``: a night spans two UTC dates, so the date stays."""
-    when = parse_time(value)
+    when = value if isinstance(value, dt.datetime) else parse_time(value)
     return "" if when is None else when.strftime("%m-%d %H:%M:%S")
 
 

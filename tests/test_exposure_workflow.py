@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import NIGHT, REPO, planned_jobs
+from conftest import NIGHT, REPO, STREAM, planned_jobs
 
 from scripts.mountain import checksum_line
 
@@ -246,3 +246,23 @@ def test_dag_draws_with_graphviz(site):
     svg = subprocess.run(["dot", "-Tsvg"], input=dag, capture_output=True, text=True,
                          check=True).stdout
     assert "stage_exposure" in svg and "install_exposure" in svg
+
+
+def test_a_stream_that_cannot_be_listed_fails_the_run_but_not_the_others(site):
+    site.exposure("00001150")
+    site.config["streams"]["DESI_SPECTRO_OTHER"] = {
+        **site.config["streams"][STREAM], "source": str(site.root / "no-such-source"),
+        "staging": str(site.root / "staging2"), "destination": str(site.root / "archive2")}
+    result = site.run(check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("desitransfer: stream DESI_SPECTRO_OTHER")]
+    assert errors and "check streams.*.source" in errors[0]
+    assert site.installed(NIGHT, "00001150").is_dir()
+    assert (site.state / ".listing" / "DESI_SPECTRO_OTHER.json.failed").is_file()
+    # Every stream unlisted: one line and nothing planned.
+    site.config["streams"][STREAM]["source"] = str(site.root / "gone")
+    result = site.run("-n", check=False)
+    assert result.returncode == 1
+    assert len([line for line in result.stderr.splitlines()
+                if line.startswith("desitransfer: stream")]) == 2
