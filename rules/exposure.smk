@@ -11,6 +11,8 @@ rule report_listing_failure:
         f"{STATE}/logs/{{stream}}.listing.log",
     params:
         reason=lambda wc: LISTING_ERRORS.get(wc.stream, "listing failed"),
+    conda:
+        "../envs/desitransfer.yaml"
     shell:
         "echo {params.reason:q} | tee {log} >&2; exit 1"
 
