@@ -9,10 +9,10 @@ rule report_listing_failure:
         f"{STATE}/.listing/{{stream}}.unlisted",
     log:
         f"{STATE}/logs/{{stream}}.listing.log",
-    params:
-        reason=lambda wc: LISTING_ERRORS.get(wc.stream, "listing failed"),
     conda:
         "../envs/desitransfer.yaml"
+    params:
+        reason=lambda wc: LISTING_ERRORS.get(wc.stream, "listing failed"),
     shell:
         "echo {params.reason:q} | tee {log} >&2; exit 1"
 
