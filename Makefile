@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 SYSTEM_TOOLS := rsync ssh /usr/sbin/sshd dot flock
 SYSTEM_PACKAGES := rsync openssh-server openssh-client graphviz util-linux
 
-.PHONY: demo test lint format bench venv system-packages clean-demo
+.PHONY: demo test lint format bench venv system-packages test-packages clean-demo
 
 venv: $(VENV)/.installed
 
@@ -30,19 +30,27 @@ system-packages:
 	  fi; \
 	fi
 
+# Chromium renders the status page in the tests only: make demo needs no browser.
+TEST_PACKAGES := chromium
+test-packages:
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; \
+	  else echo "chromium is missing; run: sudo apt-get install $(TEST_PACKAGES)"; exit 1; fi; }
+
 demo: venv system-packages clean-demo
 	$(PY) -m scripts.mountain demo/mountain --nights 3 --exposures 4 --files 3 --size 2M --malformed
 	$(PY) -m snakemake
 	@echo
 	$(PY) -m scripts.status --config config.yaml
 	@echo
-	@echo "Data landed in demo/archive/raw; markers and logs are in demo/state."
+	@echo "Data landed in demo/archive/raw, the night backups in demo/tape; markers and logs are in demo/state."
+	@echo "Status page: file://$(CURDIR)/demo/state/status/index.html (DESI's status files are beside it)."
 	@echo "Run 'make demo' again to start over, or '$(PY) -m snakemake -n' to see nothing is left to do."
 
 clean-demo:
 	@if [ -d demo ]; then chmod -R u+w demo && rm -rf demo; fi
 
-test: venv system-packages
+test: venv system-packages test-packages
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory lint
 

@@ -29,6 +29,7 @@ except WorkflowError:
 include: "rules/common.smk"
 include: "rules/exposure.smk"
 include: "rules/night.smk"
+include: "rules/status.smk"
 
 
 localrules:

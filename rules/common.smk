@@ -3,8 +3,8 @@
 # `snakemake --dag` show the real pending jobs; it must stay cheap (see README,
 # "Speed") and must never print to stdout (that would corrupt --dag output).
 
+import datetime as dt
 import sys
-from pathlib import Path
 
 from snakemake.logging import logger
 
@@ -15,8 +15,15 @@ from scripts.configuration import (
     get_streams,
 )
 from scripts.hpss import hpss_status
-from scripts.markers import failure_path, marker_path, read_record, write_failure
+from scripts.markers import (
+    failure_path,
+    marker_path,
+    read_record,
+    utc_timestamp,
+    write_failure,
+)
 from scripts.remote import RemoteError, first_night, list_exposures
+from scripts.status import listing_cache_path, record_hpss_status
 from scripts.targets import (
     due,
     night_exposures,
@@ -70,7 +77,7 @@ def get_listing(stream):
     A failure is recorded beside the cache: the cron entry counts unreachable runs
     from it.
     """
-    cache = Path(STATE, ".listing", f"{stream.name}.json")
+    cache = listing_cache_path(STATE, stream.name)
     try:
         listing = list_exposures(
             config["remote"],
@@ -122,6 +129,13 @@ def get_listings():
 
 
 LISTINGS, LISTING_ERRORS = get_listings()
+
+
+def get_published(wildcards):
+    """When the mountain published the exposure's link (UTC ISO), if listed."""
+    listing = LISTINGS.get(wildcards.stream)
+    epoch = listing and listing.published.get(f"{wildcards.night}/{wildcards.expid}")
+    return utc_timestamp(dt.datetime.fromtimestamp(epoch, dt.UTC)) if epoch else None
 
 
 def get_listing_failure_targets():
@@ -189,10 +203,13 @@ def get_night_inputs(wildcards):
 
 
 def get_hpss_ready():
-    """Whether backups may run now: HPSS status read at most once per run."""
+    """Whether backups may run now: HPSS status read at most once per run, and
+    remembered for the status page's backlog."""
     if BACKUP["backend"] != "htar" or not BACKUP["hpss_status"]:
         return True, ""
-    return hpss_status(BACKUP["hpss_status"], BACKUP["status_timeout"])
+    ready, why = hpss_status(BACKUP["hpss_status"], BACKUP["status_timeout"])
+    record_hpss_status(STATE, ready, why)
+    return ready, why
 
 
 def get_night_targets():

@@ -26,6 +26,8 @@ rule stage_exposure:
         "../envs/desitransfer.yaml"
     resources:
         transfers=1,
+    params:
+        published=get_published,
     script:
         "../scripts/stage.py"
 

@@ -39,6 +39,8 @@ class Listing:
     exposures: list[tuple[str, str]] = field(default_factory=list)  # (night, expid), sorted
     malformed: list[str] = field(default_factory=list)
     locked: bool = False
+    #: "NIGHT/EXPID" -> when the link appeared at the mountain (epoch seconds, its mtime)
+    published: dict[str, float] = field(default_factory=dict)
 
     def nights(self) -> list[str]:
         return sorted({night for night, _ in self.exposures})
@@ -67,7 +69,7 @@ def listing_script(source: str, checksum_lock: str) -> str:
     """
     return (
         f"if test -e {shlex.quote(checksum_lock)}; then echo {LOCK_LINE}; fi; "
-        f"find {shlex.quote(source.rstrip('/') or '/')} -type l"
+        f"find {shlex.quote(source.rstrip('/') or '/')} -type l -printf '%T@ %p\\n'"
     )
 
 
@@ -77,7 +79,8 @@ def parse_listing(text: str, source: str, first_night: str) -> Listing:
     Parameters
     ----------
     text : str
-        The command's standard output.
+        The command's standard output: ``EPOCH PATH`` lines (the link's own mtime, when
+        the mountain published the exposure), or bare ``PATH`` lines.
     source : str
         The stream's source directory, stripped from the paths.
     first_night : str
@@ -98,6 +101,10 @@ def parse_listing(text: str, source: str, first_night: str) -> Listing:
         if line == LOCK_LINE:
             listing.locked = True
             continue
+        published = None
+        stamp, _, rest = line.partition(" ")
+        if rest and stamp.replace(".", "", 1).isdigit():
+            published, line = float(stamp), rest
         relative = line[len(prefix):] if line.startswith(prefix) else line
         match = LINK_RE.fullmatch(relative) if "/" in relative else None
         if match is None or relative.count("/") != 1:
@@ -106,6 +113,8 @@ def parse_listing(text: str, source: str, first_night: str) -> Listing:
         night, expid = match.groups()
         if night >= first_night:
             exposures.add((night, expid))
+            if published is not None:
+                listing.published[f"{night}/{expid}"] = published
     listing.exposures = sorted(exposures)
     return listing
 
@@ -178,6 +187,7 @@ def _read_cache(path: Path, key: dict, max_age: float) -> Listing | None:
         exposures=[tuple(e) for e in data["exposures"]],
         malformed=data["malformed"],
         locked=data["locked"],
+        published=data.get("published", {}),
     )
 
 

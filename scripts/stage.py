@@ -46,8 +46,12 @@ def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Path, dele
     return run(command, timeout=remote["transfer_timeout"])
 
 
-def stage_exposure(config: dict, stream: Stream, night: str, expid: str) -> bool:
+def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
+                   published: str | None = None) -> bool:
     """Stage `night`/`expid` of `stream`; write its marker or its failure record.
+
+    `published` (UTC ISO time the mountain published the link) goes into the record:
+    the status page measures latency from it.
 
     Returns
     -------
@@ -67,6 +71,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str) -> bool
         write_marker(marker, {
             "location": "destination", "outcome": "adopted", "bytes": size, "files": files,
             "duration": round(time.monotonic() - start, 3), "attempt": 1,
+            "published": published,
         })
         return True
     staging.mkdir(parents=True, exist_ok=True)
@@ -86,6 +91,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str) -> bool
     write_marker(marker, {
         "location": "staging", "outcome": "staged", "bytes": size, "files": files,
         "duration": round(time.monotonic() - start, 3), "attempt": attempt,
+        "published": published,
     })
     return True
 
@@ -95,6 +101,6 @@ if __name__ == "__main__" and "snakemake" in globals():
     joblog.setup(sm.log[0])
     ok = stage_exposure(
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
-        sm.wildcards.expid,
+        sm.wildcards.expid, sm.params.published,
     )
     sys.exit(0 if ok else 1)

@@ -71,6 +71,7 @@ ROWS_VERSION = 1
 #: A night changed this recently may still be changing: its rows are not reused.
 SETTLE_SECONDS = 2.0
 PAGE_NIGHTS = 30
+STALE_ACTION = "back it up by hand or raise lookback_nights"
 
 # Exposure states, worst first; the page colours them.
 HELD = "held"
@@ -475,7 +476,7 @@ def night_backlog(night: NightStatus, now: dt.datetime, config: dict,
         installed = any("installed" in e.stages for e in night.exposures.values())
         if backend != "none" and installed and "backedup" not in night.stages:
             items.append(BacklogItem(
-                night.stream, night.night, "backup", _due_time(night.night, config["backup_hour"]),
+                night.stream, night.night, "backup", due_time(night.night, config["backup_hour"]),
                 f"{_stale_backup(config)}; {STALE_ACTION}", needs_person=True))
         return items
 
@@ -491,7 +492,7 @@ def night_backlog(night: NightStatus, now: dt.datetime, config: dict,
 
     if due(night.night, now, config["catchup_hour"]) and "caughtup" not in night.stages:
         items.append(BacklogItem(night.stream, night.night, "catch-up",
-                                 _due_time(night.night, config["catchup_hour"]),
+                                 due_time(night.night, config["catchup_hour"]),
                                  why("caughtup", [])))
     if backend == "none" or not due(night.night, now, config["backup_hour"]):
         return items
@@ -500,7 +501,7 @@ def night_backlog(night: NightStatus, now: dt.datetime, config: dict,
         extra.append("waiting for the catch-up")
     if hpss is not None and not hpss.get("ready", True) and backend == "htar":
         extra.append(f"HPSS inactive: {hpss.get('why', '?')} (checked {hpss.get('time', '?')})")
-    when = _due_time(night.night, config["backup_hour"])
+    when = due_time(night.night, config["backup_hour"])
     if "backedup" not in night.stages:
         items.append(BacklogItem(night.stream, night.night, "backup", when,
                                  why("backedup", extra)))
@@ -521,16 +522,14 @@ def night_backlog(night: NightStatus, now: dt.datetime, config: dict,
     return items
 
 
-STALE_ACTION = "back it up by hand or raise lookback_nights"
-
-
 def _stale_backup(config: dict) -> str:
     """Why an old night without a backup needs a person: the workflow stopped looking."""
     return (f"not backed up and older than lookback_nights ({config['lookback_nights']}):"
             " the workflow no longer schedules it")
 
 
-def _due_time(night: str, hour: int) -> dt.datetime:
+def due_time(night: str, hour: int) -> dt.datetime:
+    """When a night-level stage of `night` becomes due: `hour` UTC of the next day."""
     start = dt.datetime.strptime(night, "%Y%m%d").replace(tzinfo=dt.UTC)
     return start + dt.timedelta(days=1, hours=hour)
 
@@ -681,16 +680,16 @@ def write_year_files(state: str | os.PathLike, stream: str, directory: str | os.
     for year in sorted({night[:4] for night in index}):
         path = directory / YEAR_FILE.format(year=year)
         existing = None
-        if path.exists():
-            raw = path.read_bytes()
+        raw = path.read_bytes() if path.exists() else None
+        if raw is not None and written.get(path.name) == _sha256(raw):
+            existing = json.loads(raw)  # exactly what was written here: valid as written
+        elif raw is not None:
             try:
                 data = json.loads(raw)
             except ValueError:
                 data = None
             if not valid_year_data(data):
                 _keep_copy(path, ".bad", "is not a valid status file")
-            elif written.get(path.name) == _sha256(raw):
-                existing = data
             elif path.name in written:
                 _keep_copy(path, ".bad", "was changed since this workflow wrote it")
             elif not path.with_name(path.name + ".orig").exists():
@@ -710,9 +709,10 @@ def write_year_files(state: str | os.PathLike, stream: str, directory: str | os.
             if night_data:
                 rows[night] = night_data
         content = encode_year(rows)
-        if existing is None or encode_year(existing) != content or not path.exists():
+        digest = _sha256(content)
+        if existing is None or written.get(path.name) != digest:
             write_bytes_atomic(path, content)
-        written[path.name] = _sha256(content)
+        written[path.name] = digest
         paths.append(path)
     write_json_atomic(manifest_file, {
         "version": ROWS_VERSION, "stream": stream, "files": written,
@@ -828,7 +828,7 @@ def all_problems(config: dict, stream: str, now: dt.datetime,
         if (night < oldest and config["backup"]["backend"] != "none"
                 and f"{night}.backedup" not in files.files
                 and any(n.endswith(".installed") for n in names)):
-            out.append(Problem(stream, night, None, "backedup", _stale_backup(config), 0, "",
+            out.append(Problem(stream, night, None, "backedup", _stale_backup(config), "", "",
                                STALE_ACTION,
                                str(marker_path(state, stream, night, None, "backedup"))))
     return out
@@ -897,16 +897,18 @@ def rebuild_after_run(config: dict) -> str:
     reported in the returned line.
     """
     config = with_defaults(config)
-    logs = Path(config["state"], "logs")
-    logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / "status.log")
-    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    handler: logging.Handler = logging.NullHandler()
     start = time.monotonic()
     try:
+        logs = Path(config["state"], "logs")
+        logs.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(logs / "status.log")
+        formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s",
+                                      "%Y-%m-%dT%H:%M:%S")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
         files = write_status(config)
         line = (f"Status files rebuilt from the state in {time.monotonic() - start:.1f} s;"
                 f" status page: {files[-1].absolute()}")
@@ -1029,8 +1031,12 @@ def main(argv: list[str] | None = None) -> int:
         now = get_now(config)
         state = config["state"]
         streams = list(config["streams"])
-    except (ConfigurationError, KeyError, TypeError) as err:
-        print(f"status: {args.config}: {err}", file=sys.stderr)
+    except ConfigurationError as err:
+        print(f"status: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:
+        print(f"status: {args.config}: {err.args[0]} is required; see README.md, section"
+              " Configuration", file=sys.stderr)
         return 2
     written = []
     if args.write:
@@ -1082,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(output)
         if written:
-            print(f"\nStatus page: {written[-1].absolute()}")
+            print(f"\nStatus page: {written[-1].absolute().as_uri()}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from conftest import NIGHT, REPO, STREAM, planned_jobs
 
+from scripts.markers import utc_timestamp
 from scripts.mountain import checksum_line
 
 
@@ -42,6 +44,9 @@ def test_normal_night_is_installed_read_only_then_nothing_to_do(site):
             assert record["files"] == files and record["time"].endswith("Z")
         assert site.record(NIGHT, expid, "checksummed")["outcome"] == "verified"
         assert not (site.staging / NIGHT / expid).exists()
+        link_time = dt.datetime.fromtimestamp((site.source / NIGHT / expid).lstat().st_mtime,
+                                              dt.UTC)
+        assert site.record(NIGHT, expid, "staged")["published"] == utc_timestamp(link_time)
     assert stat.S_IMODE((site.destination / NIGHT).stat().st_mode) == 0o2750
     before = {p: p.stat().st_mtime_ns for p in site.state.rglob("*.installed")}
     dry = site.run("-n")

@@ -134,3 +134,14 @@ def test_ssh_always_runs_in_batch_mode():
     assert ssh_command({"ssh": ["ssh", "-o", "batchmode=yes"]}) == ["ssh", "-o", "batchmode=yes"]
     command = rsync_command({**REMOTE, "ssh": ["ssh", "-q"]}, "/a", "/b")
     assert command[command.index("-e") + 1] == "ssh -o BatchMode=yes -q"
+
+
+def test_parse_listing_keeps_when_each_link_was_published():
+    text = (f"1795917545.2500000000 {SOURCE}/20261128/00001234\n"
+            f"1795917546.0 {SOURCE}/20261128/00001235\n"
+            f"1795917547.0 {SOURCE}/20261128/bad\n")
+    listing = parse_listing(text, SOURCE, "20261101")
+    assert listing.exposures == [("20261128", "00001234"), ("20261128", "00001235")]
+    assert listing.published == {"20261128/00001234": 1795917545.25,
+                                 "20261128/00001235": 1795917546.0}
+    assert listing.malformed == [f"{SOURCE}/20261128/bad"]

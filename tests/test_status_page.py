@@ -1,0 +1,217 @@
+"""The status page, rendered by a real headless Chromium (Debian's ``chromium``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html.parser
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_status import DEGRADED, MISMATCH, STREAM, build_state
+
+import scripts.status as status
+from scripts.status_page import nice_ticks, render
+
+NIGHTS = ["20270103", "20270102", "20270101", "20261231", "20261230", "20261101"]
+NIGHT_CLASSES = {"20270103": "progress", "20270102": "attention", "20270101": "attention",
+                 "20261231": "done", "20261230": "progress", "20261101": "attention"}
+ATTENTION_BG, DONE_BG = (0xFF, 0xEB, 0xE9), (0xDA, 0xFB, 0xE1)
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    """Run Debian's headless Chromium; fail (not skip) with the install command."""
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(binary).exists():
+        pytest.fail("chromium is not installed: run `apt-get install -y chromium` (Debian's"
+                    " package; .ci/run installs it)", pytrace=False)
+    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+               "--force-device-scale-factor=1", f"--user-data-dir={profile}", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> dict:
+    """The known state's page, its DOM as Chromium built it, and a screenshot.
+
+    The page holds no script at all (`test_page_is_self_contained`), so what Chromium
+    shows here is what a browser with JavaScript off shows. (Chromium's own switch,
+    ``--blink-settings=scriptEnabled=false``, also stops --dump-dom and --screenshot,
+    which run on the page's script engine.)
+    """
+    root = tmp_path_factory.mktemp("page")
+    config = build_state(root)
+    files = status.write_status(config)
+    index = files[-1]
+    assert index == Path(config["status"], "index.html")
+    dom = chromium("--dump-dom", index.as_uri(), profile=root / "profile").stdout
+    png = root / "page.png"
+    chromium(f"--screenshot={png}", "--window-size=1200,900", index.as_uri(),
+             profile=root / "profile")
+    return {"config": config, "index": index, "html": index.read_text(), "dom": dom,
+            "png": png}
+
+
+class Elements(html.parser.HTMLParser):
+    """Every element with an id: its tag, classes and the text inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_id: dict[str, dict] = {}
+        self.open: list[dict] = []
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag in ("meta", "br", "img", "input", "link", "circle", "rect", "line"):
+            return
+        element = {"tag": tag, "class": (attrs.get("class") or "").split(), "text": ""}
+        if "id" in attrs:
+            self.by_id[attrs["id"]] = element
+        self.open.append(element)
+
+    def handle_endtag(self, tag):
+        if tag in ("meta", "br", "img", "input", "link", "circle", "rect", "line"):
+            return
+        while self.open and self.open.pop()["tag"] != tag:
+            pass
+
+    def handle_data(self, data):
+        for element in self.open:
+            element["text"] += data
+
+
+def parse(text: str) -> Elements:
+    parser = Elements()
+    parser.feed(text)
+    return parser
+
+
+def test_dom_shows_the_nights_newest_first_coloured_by_state(page):
+    dom = parse(page["dom"])
+    nights = [i for i in dom.by_id if i.startswith(f"n-{STREAM}-")]
+    assert nights == [f"n-{STREAM}-{n}" for n in NIGHTS]
+    for night, css in NIGHT_CLASSES.items():
+        element = dom.by_id[f"n-{STREAM}-{night}"]
+        assert element["tag"] == "details" and css in element["class"], night
+    rows = {i.rsplit("-", 1)[1]: e for i, e in dom.by_id.items()
+            if i.startswith(f"e-{STREAM}-20270101-")}
+    assert sorted(rows) == ["00001300", "00001301", "00001302", "00001303"]
+    assert "held" in rows["00001302"]["text"] and MISMATCH in rows["00001302"]["text"]
+    assert "attention" in rows["00001302"]["class"] and "done" in rows["00001300"]["class"]
+    assert "01-02 03:00:06" in rows["00001300"]["text"]  # installed time, UTC
+
+
+def test_dom_shows_what_needs_a_person_and_the_backlog(page):
+    dom = parse(page["dom"])
+    problems = dom.by_id["problems"]["text"]
+    for item in ("20270101/00001301", "20270101/00001302", "20270102", "20261101"):
+        assert item in problems
+    assert MISMATCH in problems and "HTAR backup failed (status 70)" in problems
+    backlog = dom.by_id["backlog"]["text"]
+    assert f"HPSS inactive: {DEGRADED}" in backlog
+    assert "waiting for 1 exposure(s) to be installed: 00001303" in backlog
+
+
+def test_plots_draw_the_nights_and_exposures(page):
+    tags = parse(page["dom"]).tags
+    classes = [attrs.get("class") for _, attrs in tags]
+    # Volume: the five nights with installed data; latency: the nine installed
+    # exposures; throughput: the six nights with an rsync record.
+    assert classes.count("volume") == 5
+    assert classes.count("latency") == 9
+    assert classes.count("throughput") == 6
+    assert "From the start of the exposure's rsync" in page["dom"]
+
+
+def test_page_is_self_contained(page):
+    text = page["html"]
+    assert not re.search(r"<script|<link|<img|<iframe|@import|url\(", text, re.I)
+    for tag, attrs in parse(text).tags:
+        for name in ("href", "src"):
+            value = attrs.get(name)
+            if value is None:
+                continue
+            assert not re.match(r"[a-z][a-z0-9+.-]*:", value), (tag, value)
+            assert value.startswith("#") or (page["index"].parent / value).is_file(), value
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """An 8-bit RGB(A) PNG as a height × width × channels array (stdlib + numpy)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks, header = 8, [], None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            chunks.append(body)
+        pos += 12 + length
+    width, height, depth, colour, _, _, interlace = header
+    assert depth == 8 and colour in (2, 6) and interlace == 0
+    channels = 3 if colour == 2 else 4
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels
+    previous = bytearray(stride)
+    rows = []
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        if kind == 1:
+            for i in range(channels, stride):
+                line[i] = (line[i] + line[i - channels]) & 0xFF
+        elif kind == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, previous, strict=True))
+        elif kind == 3:
+            for i in range(stride):
+                left = line[i - channels] if i >= channels else 0
+                line[i] = (line[i] + ((left + previous[i]) >> 1)) & 0xFF
+        elif kind == 4:
+            for i in range(stride):
+                a = line[i - channels] if i >= channels else 0
+                b, c = previous[i], previous[i - channels] if i >= channels else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)
+                           ) & 0xFF
+        rows.append(bytes(line))
+        previous = line
+    return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(height, width, channels)
+
+
+def test_screenshot_is_not_blank(page):
+    pixels = decode_png(page["png"].read_bytes())[:, :, :3]
+    assert pixels.shape == (900, 1200, 3)
+    colours, counts = np.unique(pixels.reshape(-1, 3), axis=0, return_counts=True)
+    assert len(colours) > 100  # text, badges, tables: not one flat colour
+    found = {tuple(int(v) for v in c): int(n) for c, n in zip(colours, counts, strict=True)}
+    # The "needs a person" card and rows are drawn in their colour, and so is the
+    # legend's "done" badge: the page is styled, not bare text.
+    assert found.get(ATTENTION_BG, 0) > 5000
+    assert found.get(DONE_BG, 0) > 100
+
+
+def test_empty_state_renders(tmp_path):
+    config = build_state(tmp_path)
+    config["state"] = str(tmp_path / "nothing")
+    report = status.build_report(config, dt.datetime(2027, 1, 3, 21, tzinfo=dt.UTC))
+    text = render(report)
+    assert "No night recorded yet." in text and "Nothing needs a person." in text
+    assert text.count("no data yet") == 2 and "no installed exposure yet" in text
+
+
+def test_nice_ticks():
+    assert nice_ticks(90) == [0, 25, 50, 75, 100]
+    assert nice_ticks(2.2) == [0, 1, 2, 3]
+    assert nice_ticks(0) == [0, 1]
