@@ -32,9 +32,13 @@ include: "rules/night.smk"
 include: "rules/status.smk"
 
 
+# Run in the main process even with a cluster executor: the target rule, the
+# listing-failure report, and install (chmod and a rename on the same file system:
+# bookkeeping, not worth a batch job). See profiles/slurm/README.md.
 localrules:
     all,
     report_listing_failure,
+    install_exposure,
 
 
 rule all:

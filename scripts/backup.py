@@ -214,7 +214,7 @@ def run_backup(config: dict, stream: Stream, night: str, marker: Path, expids: l
 
 if __name__ == "__main__" and "snakemake" in globals():
     sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0])
+    joblog.setup(sm.log[0], marker=sm.output[0])
     os.umask(0o027)
     ok = run_backup(sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
                     Path(sm.output[0]), sm.params.exposures, sm.params.held, sm.threads,

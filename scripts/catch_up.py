@@ -122,7 +122,7 @@ def run_catch_up(config: dict, stream: Stream, night: str, threads: int) -> bool
 
 if __name__ == "__main__" and "snakemake" in globals():
     sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0])
+    joblog.setup(sm.log[0], marker=sm.output[0])
     ok = run_catch_up(sm.config, get_streams(sm.config)[sm.wildcards.stream],
                       sm.wildcards.night, threads=sm.threads)
     sys.exit(0 if ok else 1)

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+#: Commands running now, so that a terminated job can end them too (their own
+#: process groups are out of reach of the signal that ends the job).
+RUNNING: set[subprocess.Popen] = set()
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ def run(
         )
     except FileNotFoundError:
         return CommandResult(command, None, "", "", 0.0, missing=True)
+    RUNNING.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout)
         timed_out = False
@@ -83,8 +87,19 @@ def run(
         _kill_group(proc)
         out, err = proc.communicate()
         timed_out = True
+    finally:
+        RUNNING.discard(proc)
     seconds = time.monotonic() - start
     return CommandResult(command, proc.returncode, out, err, seconds, timed_out)
+
+
+def kill_running() -> None:
+    """End every command still running (rsync, htar...): for a job being terminated."""
+    for proc in list(RUNNING):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

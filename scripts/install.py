@@ -106,7 +106,7 @@ def install(config: dict, stream: Stream, night: str, expid: str) -> bool:
 
 if __name__ == "__main__" and "snakemake" in globals():
     sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0])
+    joblog.setup(sm.log[0], marker=sm.output[0])
     ok = install(sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
                  sm.wildcards.expid)
     sys.exit(0 if ok else 1)

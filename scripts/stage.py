@@ -98,7 +98,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
 
 if __name__ == "__main__" and "snakemake" in globals():
     sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0])
+    joblog.setup(sm.log[0], marker=sm.output[0])
     ok = stage_exposure(
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
         sm.wildcards.expid, sm.params.published,

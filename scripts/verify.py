@@ -155,7 +155,7 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
 
 if __name__ == "__main__" and "snakemake" in globals():
     sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0])
+    joblog.setup(sm.log[0], marker=sm.output[0])
     ok = verify(sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
                 sm.wildcards.expid, threads=sm.threads)
     sys.exit(0 if ok else 1)

@@ -258,3 +258,45 @@ def test_backend_none_never_pretends_a_night_is_on_tape(site):
     assert "back_up_night" not in planned_jobs(site.run("-n").stdout)
     site.run()
     assert not site.marker(NIGHT, None, "backedup").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has ended
+
+
+def test_a_terminated_backup_leaves_a_failure_record_and_no_htar_behind(site, tape):
+    """Slurm ends a job over its time limit with SIGTERM: the attempt must be visible
+    (a failure record) and must not leave htar running on its own."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    site.exposure("00003950")
+    site.config["now"] = AFTER_BACKUP
+    site.env.update(HTAR_HANG="300")
+    run = subprocess.Popen(site.command(), cwd=site.root, env=site.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    calls = tape / ".calls.jsonl"
+    deadline = time.monotonic() + 90
+    while not htar_calls(tape):  # poll for the condition, bounded
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    htar_pid = [json.loads(line) for line in calls.read_text().splitlines()][-1]["pid"]
+    job = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+           and b"backup.py" in (p / "cmdline").read_bytes()
+           and b"snakemake" not in (p / "cmdline").read_bytes().split(b"\0")[0]]
+    assert len(job) == 1
+    os.kill(job[0], signal.SIGTERM)
+    assert run.wait(timeout=60) != 0
+    failure = site.failure(NIGHT, None, "backedup")
+    assert failure["reason"].startswith("killed by SIGTERM") and failure["killed"]
+    deadline = time.monotonic() + 10
+    while _alive(htar_pid):
+        assert time.monotonic() < deadline, "htar outlived the terminated job"
+        time.sleep(0.05)
