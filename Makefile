@@ -30,12 +30,13 @@ system-packages:
 	  fi; \
 	fi
 
-# Chromium renders the status page in the tests only: make demo needs no browser.
-TEST_PACKAGES := chromium
+# Chromium (the status page) and a single-node Slurm are for the tests only.
+TEST_PACKAGES := chromium munge slurmctld slurmd slurm-client
 test-packages:
-	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	@{ command -v chromium && test -x /usr/sbin/slurmctld -a -x /usr/sbin/slurmd -a -x /usr/sbin/munged \
+	  && command -v sbatch; } >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; \
-	  else echo "chromium is missing; run: sudo apt-get install $(TEST_PACKAGES)"; exit 1; fi; }
+	  else echo "test packages missing; run: sudo apt-get install $(TEST_PACKAGES)"; exit 1; fi; }
 
 demo: venv system-packages clean-demo
 	$(PY) -m scripts.mountain demo/mountain --nights 3 --exposures 4 --files 3 --size 2M --malformed
