@@ -32,6 +32,10 @@ include: "rules/night.smk"
 include: "rules/status.smk"
 
 
+# Only pending work: done exposures and nights never enter the DAG.
+TARGETS = get_exposure_targets() + get_night_targets() + get_listing_failure_targets()
+
+
 # Run in the main process even with a cluster executor: the target rule, the
 # listing-failure report, and install (chmod and a rename on the same file system:
 # bookkeeping, not worth a batch job). See profiles/slurm/README.md.
@@ -44,6 +48,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        get_exposure_targets(),
-        get_night_targets(),
-        get_listing_failure_targets(),
+        TARGETS,

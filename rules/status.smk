@@ -9,8 +9,11 @@ from snakemake.logging import logger
 from scripts.status import rebuild_after_run
 
 
+# The target rule `all` is a job on every run, so onsuccess fires even when nothing
+# was pending: TARGETS (set in the Snakefile) says whether anything could change.
 onsuccess:
-    logger.info(rebuild_after_run(config))
+    if TARGETS:
+        logger.info(rebuild_after_run(config))
 
 
 onerror:
