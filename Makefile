@@ -51,6 +51,10 @@ demo: venv system-packages clean-demo
 clean-demo:
 	@if [ -d demo ]; then chmod -R u+w demo && rm -rf demo; fi
 
+bench: venv system-packages
+	@test -x /usr/bin/time || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq time >/dev/null; } || echo "GNU time missing (apt-get install time): peak RSS will include the bench's Python"
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 test: venv system-packages test-packages
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory lint

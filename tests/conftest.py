@@ -199,8 +199,11 @@ AllowUsers {user}
 """)
     if os.getuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    # Its log goes to a file: an undrained pipe fills after a few hundred connections
+    # and then every new connection hangs in sshd's write.
+    sshd_log = open(home / "sshd.log", "w")
     process = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=sshd_log)
     try:
         wait_for_port(port, process)
         yield {
@@ -213,6 +216,7 @@ AllowUsers {user}
     finally:
         process.terminate()
         process.wait(timeout=10)
+        sshd_log.close()
 
 
 class StatusServer:
