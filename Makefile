@@ -62,7 +62,7 @@ test: venv system-packages test-packages
 lint: venv
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakefmt --check Snakefile rules/
-	$(VENV)/bin/ruff check scripts tests
+	$(VENV)/bin/ruff check scripts tests bench
 
 format: venv
 	$(VENV)/bin/snakefmt Snakefile rules/
