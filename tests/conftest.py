@@ -9,13 +9,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from loopback_sshd import LoopbackSshd  # noqa: E402
 
 from scripts.markers import marker_path  # noqa: E402
 from scripts.mountain import make_exposure  # noqa: E402
@@ -143,80 +142,19 @@ def site(tmp_path: Path) -> Site:
     return Site(tmp_path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, limit: float = 20.0) -> None:
-    """Block until something accepts connections on `port` (or fail)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sshd exited with status {process.returncode}: "
-                               f"{process.stderr.read() if process.stderr else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)  # polling a condition with a deadline, not synchronising on time
-    raise RuntimeError(f"sshd did not listen on port {port} within {limit} s")
-
-
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory) -> dict:
     """A real OpenSSH server on 127.0.0.1 standing in for the mountain host.
 
-    Yields the ``remote`` configuration that reaches it: generated host and user
-    keys, a free port, BatchMode so nothing ever waits for a password.
+    Yields the ``remote`` configuration that reaches it (and its port).
     """
-    sshd_bin = require_tool("sshd")
+    require_tool("sshd")
     require_tool("ssh")
-    home = tmp_path_factory.mktemp("sshd")
-    os.chmod(home, 0o700)
-    for kind in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(home / f"{kind}_key")], check=True)
-    (home / "authorized_keys").write_text((home / "user_key.pub").read_text())
-    os.chmod(home / "authorized_keys", 0o600)
-    user = pwd.getpwuid(os.getuid()).pw_name
-    port = free_port()
-    config = home / "sshd_config"
-    config.write_text(f"""
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {home}/host_key
-AuthorizedKeysFile {home}/authorized_keys
-PidFile {home}/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-AllowUsers {user}
-""")
-    if os.getuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    # Its log goes to a file: an undrained pipe fills after a few hundred connections
-    # and then every new connection hangs in sshd's write.
-    sshd_log = open(home / "sshd.log", "w")
-    process = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=sshd_log)
+    server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
     try:
-        wait_for_port(port, process)
-        yield {
-            "host": f"{user}@127.0.0.1",
-            "port": port,
-            "ssh": ["ssh", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                    "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-                    "-i", str(home / "user_key"), "-p", str(port)],
-        }
+        yield {**server.remote, "port": server.port}
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        sshd_log.close()
+        server.stop()
 
 
 class StatusServer:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import NIGHT, REPO, free_port
+from conftest import NIGHT, REPO
+from loopback_sshd import free_port
 
 CRON = [sys.executable, str(REPO / "scripts" / "cron_entry.py")]
 

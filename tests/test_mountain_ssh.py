@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import time
 
-from conftest import NIGHT, free_port, planned_jobs
+from conftest import NIGHT, planned_jobs
+from loopback_sshd import free_port
 
 
 def over_ssh(site, sshd, **remote):
