@@ -23,8 +23,16 @@ from scripts.markers import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-LINK_RE = re.compile(r"(?:^|/)([0-9]{8})/([0-9]{8})$")
+#: What a published link must be, relative to SOURCE: NIGHT/EXPID, ASCII digits only.
+LINK_RE = re.compile(r"([0-9]{8})/([0-9]{8})")
+#: One record of the listing: the link's mtime (epoch seconds), a space, its path.
+RECORD_RE = re.compile(r"(-?[0-9]+(?:\.[0-9]*)?) (.*)", re.DOTALL)
+#: Records are NUL-terminated: NUL is the one byte a path cannot contain, so no name
+#: can split a record in two (a newline can; that would let a name invent an exposure).
+SEPARATOR = "\0"
 LOCK_LINE = "CHECKSUM-LOCK-PRESENT"
+#: Bumped when the cached form of a listing changes: an older cache is a cache miss.
+CACHE_FORMAT = 2
 LOCAL = "local"
 
 
@@ -65,22 +73,50 @@ def remote_command(remote: dict, script: str) -> list[str]:
 def listing_script(source: str, checksum_lock: str) -> str:
     """The remote shell script: report the checksum lock, then list the links.
 
-    Both go in one ssh call: one round trip, one failure to interpret.
+    Both go in one ssh call: one round trip, one failure to interpret. Every record
+    ends with NUL, never a newline: a name at the mountain may hold a newline (and
+    then could end in text that looks like another link), it can never hold NUL.
     """
     return (
-        f"if test -e {shlex.quote(checksum_lock)}; then echo {LOCK_LINE}; fi; "
-        f"find {shlex.quote(source.rstrip('/') or '/')} -type l -printf '%T@ %p\\n'"
+        f"if test -e {shlex.quote(checksum_lock)}; then printf '%s\\000' {LOCK_LINE}; fi; "
+        f"find {shlex.quote(source.rstrip('/') or '/')} -type l -printf '%T@ %p\\0'"
     )
 
 
-def parse_listing(text: str, source: str, first_night: str) -> Listing:
+def printable_path(name: str) -> str:
+    """`name` with everything but printable ASCII escaped, as Python writes it.
+
+    A malformed name goes to logs, alerts and the status files; escaped, a newline or a
+    terminal control sequence in it can neither forge a log line nor reach a terminal.
+    A byte that was not UTF-8 (kept by ``surrogateescape``) shows as ``\\xNN``.
+    """
+    out = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char == "\\":
+            out.append("\\\\")
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
     """Parse the output of `listing_script`.
 
     Parameters
     ----------
-    text : str
-        The command's standard output: ``EPOCH PATH`` lines (the link's own mtime, when
-        the mountain published the exposure), or bare ``PATH`` lines.
+    text : str or bytes
+        The command's standard output: NUL-terminated records, each ``EPOCH PATH``
+        (the link's own mtime, when the mountain published the exposure), or the lock
+        record. Bytes that are not UTF-8 are kept as such (``surrogateescape``); text
+        decoded with ``errors="replace"`` and universal newlines (as
+        `scripts.commands.run` does) works too: such a byte then shows as ``\\ufffd``
+        and a carriage return as ``\\n`` in the malformed list, and is malformed all
+        the same, since NUL, digits and ``/`` pass through both decodings unchanged.
     source : str
         The stream's source directory, stripped from the paths.
     first_night : str
@@ -89,32 +125,38 @@ def parse_listing(text: str, source: str, first_night: str) -> Listing:
     Returns
     -------
     Listing
-        Exposures within the window, the malformed link paths, and the lock state.
+        Exposures within the window, the malformed link paths (escaped with
+        `printable_path`: they are for people to read), and the lock state. Only a
+        path exactly ``SOURCE/NIGHT/EXPID`` in ASCII digits is an exposure: a name
+        with a newline, a carriage return, any other control character or a byte
+        that is not UTF-8 is malformed, whatever it ends with.
     """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="surrogateescape")
     listing = Listing()
     prefix = source.rstrip("/") + "/"
     exposures = set()
-    for line in text.splitlines():
-        line = line.rstrip("\r")
-        if not line:
+    *records, tail = text.split(SEPARATOR)
+    for record in records:
+        if not record:
             continue
-        if line == LOCK_LINE:
+        if record == LOCK_LINE:
             listing.locked = True
             continue
-        published = None
-        stamp, _, rest = line.partition(" ")
-        if rest and stamp.replace(".", "", 1).isdigit():
-            published, line = float(stamp), rest
-        relative = line[len(prefix):] if line.startswith(prefix) else line
-        match = LINK_RE.fullmatch(relative) if "/" in relative else None
-        if match is None or relative.count("/") != 1:
-            listing.malformed.append(line)
+        stamped = RECORD_RE.fullmatch(record)
+        path = stamped.group(2) if stamped else record
+        match = LINK_RE.fullmatch(path[len(prefix):]) if path.startswith(prefix) else None
+        if stamped is None or match is None:
+            listing.malformed.append(printable_path(path))
             continue
         night, expid = match.groups()
         if night >= first_night:
             exposures.add((night, expid))
-            if published is not None:
-                listing.published[f"{night}/{expid}"] = published
+            listing.published[f"{night}/{expid}"] = float(stamped.group(1))
+    if tail:
+        # find ends every record with NUL: an unterminated tail is a truncated record
+        # or output of the older newline format, and nothing in it is trusted.
+        listing.malformed.append(printable_path(tail))
     listing.exposures = sorted(exposures)
     return listing
 
@@ -172,23 +214,44 @@ def list_exposures(
         )
     listing = parse_listing(result.stdout, source, window_start)
     if cache_file is not None:
-        write_json_atomic(cache_file, {"key": key, "epoch": time.time(), **asdict(listing)})
+        _write_cache(cache_file, key, listing)
     return listing
 
 
+def _write_cache(path: Path, key: dict, listing: Listing) -> None:
+    """Keep `listing` as JSON; malformed names are already escaped, so it is all ASCII."""
+    write_json_atomic(
+        path, {"format": CACHE_FORMAT, "key": key, "epoch": time.time(), **asdict(listing)}
+    )
+
+
 def _read_cache(path: Path, key: dict, max_age: float) -> Listing | None:
+    """The cached listing, or None: absent, stale, for another key, of another
+    format (an older one may hold what today's parser refuses) or unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("key") != key or not 0 <= time.time() - data.get("epoch", 0) <= max_age:
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         return None
-    return Listing(
-        exposures=[tuple(e) for e in data["exposures"]],
-        malformed=data["malformed"],
-        locked=data["locked"],
-        published=data.get("published", {}),
-    )
+    epoch = data.get("epoch")
+    if data.get("key") != key or not isinstance(epoch, (int, float)):
+        return None
+    if not 0 <= time.time() - epoch <= max_age:
+        return None
+    try:
+        exposures = [(str(night), str(expid)) for night, expid in data["exposures"]]
+        listing = Listing(
+            exposures=exposures,
+            malformed=[str(link) for link in data["malformed"]],
+            locked=bool(data["locked"]),
+            published={str(k): float(v) for k, v in data["published"].items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not all(LINK_RE.fullmatch(f"{night}/{expid}") for night, expid in exposures):
+        return None
+    return listing
 
 
 def source_spec(remote: dict, path: str) -> str:

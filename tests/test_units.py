@@ -17,8 +17,13 @@ REMOTE = {"host": "dts", "ssh": ["ssh", "-q", "-o", "BatchMode=yes"], "timeout":
 LOCAL = {**REMOTE, "host": "local"}
 
 
+def records(*paths: str, epoch: str = "1795917545.0") -> str:
+    """Listing output as `listing_script` makes it: NUL-terminated ``EPOCH PATH``."""
+    return "".join(f"{epoch} {path}\0" for path in paths)
+
+
 def test_parse_listing_keeps_well_formed_links_in_the_window():
-    text = "\n".join([
+    text = records(
         f"{SOURCE}/20261120/00001234",
         f"{SOURCE}/20261120/00001233",
         f"{SOURCE}/20261001/00000001",          # before the window: ignored, not malformed
@@ -27,8 +32,7 @@ def test_parse_listing_keeps_well_formed_links_in_the_window():
         f"{SOURCE}/20261120/00001234/extra",    # too deep
         f"{SOURCE}/latest",                     # not NIGHT/EXPID
         f"{SOURCE}/20261120/00001234x",
-        "",
-    ])
+    )
     listing = parse_listing(text, SOURCE, "20261029")
     assert listing.exposures == [("20261120", "00001233"), ("20261120", "00001234")]
     assert listing.malformed == [
@@ -41,7 +45,8 @@ def test_parse_listing_keeps_well_formed_links_in_the_window():
 
 
 def test_parse_listing_sees_the_checksum_lock_and_source_with_trailing_slash():
-    listing = parse_listing(f"{LOCK_LINE}\n{SOURCE}/20261120/00001234\n", SOURCE + "/", "20261101")
+    text = f"{LOCK_LINE}\0" + records(f"{SOURCE}/20261120/00001234")
+    listing = parse_listing(text, SOURCE + "/", "20261101")
     assert listing.locked and listing.exposures == [("20261120", "00001234")]
 
 
@@ -137,9 +142,9 @@ def test_ssh_always_runs_in_batch_mode():
 
 
 def test_parse_listing_keeps_when_each_link_was_published():
-    text = (f"1795917545.2500000000 {SOURCE}/20261128/00001234\n"
-            f"1795917546.0 {SOURCE}/20261128/00001235\n"
-            f"1795917547.0 {SOURCE}/20261128/bad\n")
+    text = (f"1795917545.2500000000 {SOURCE}/20261128/00001234\0"
+            f"1795917546.0 {SOURCE}/20261128/00001235\0"
+            f"1795917547.0 {SOURCE}/20261128/bad\0")
     listing = parse_listing(text, SOURCE, "20261101")
     assert listing.exposures == [("20261128", "00001234"), ("20261128", "00001235")]
     assert listing.published == {"20261128/00001234": 1795917545.25,
