@@ -1,0 +1,456 @@
+"""Audit the archive, read-only: do the bytes, modes, state and backup records agree?
+
+    python -m scripts.audit [--config CONFIG] [--night NIGHT] [--stream NAME] [--threads N]
+
+For every installed exposure of every stream (or of one night, or one stream):
+
+* its files verify against its checksum file (mismatched, listed but missing, present
+  but not listed are each a problem);
+* files are ``0o440``; the exposure's directories ``0o2750``, or ``0o2550`` once its
+  night's backup record names it; the night directory ``0o2750``, or ``0o2550`` once
+  the night has a backup record; a symbolic link anywhere in the archive is a problem;
+* a night directory holds 8-digit exposure directories and nothing else (an
+  interrupted install's ``.EXPID.installing``, an rsync temporary, a stray file are
+  problems); the top of the archive holds night directories and the workflow's own
+  ``.desitransfer*`` workspace;
+* an ``.installed`` marker whose exposure directory is missing is a problem (an
+  exposure directory without a marker is audited like the others);
+* every exposure a backup record lists is a member of the archive it names.
+
+Each problem is one line on stdout, ``STREAM NIGHT/EXPID: what is wrong`` (names
+escaped, so no raw control character or undecodable byte reaches the terminal),
+written as soon as it is found; a summary goes to stderr. The exit status is 0 when
+everything holds, 1 when a problem was found, 2 for a bad configuration or argument.
+
+Nothing is ever written: no chmod, no marker, no cache. One exposure is held in memory
+at a time; its files are hashed by `verify_exposure` with ``--threads`` threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from scripts.checksum import VerificationResult, verify_exposure
+from scripts.configuration import (
+    ConfigurationError,
+    Stream,
+    describe_validation_error,
+    get_streams,
+    load_yaml,
+    with_defaults,
+)
+from scripts.markers import marker_path, read_record
+from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+#: Entries of DESTINATION starting with this are the workflow's own workspace.
+WORKSPACE_PREFIX = ".desitransfer"
+#: Problems about the exposure directory itself, rather than one file in it.
+EXPOSURE = ""
+#: Escapes as Python's repr writes them; other control characters become \xNN.
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+# --------------------------------------------------------------------------- output
+
+
+def printable(text: str) -> str:
+    r"""`text` with every character a terminal could act on escaped.
+
+    Backslashes are doubled; newlines, returns and tabs become ``\n``, ``\r`` and ``\t``;
+    bytes that were not UTF-8 (``os`` decodes them to lone surrogates) become ``\xNN``;
+    other control, format and separator characters become ``\xNN``, ``\uNNNN`` or
+    ``\UNNNNNNNN``. The result is one printable line.
+    """
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # surrogateescape: one undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char.isprintable():
+            out.append(char)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+@dataclass
+class Audit:
+    """Where problem lines go, and the running totals of one audit."""
+
+    out: TextIO
+    threads: int = 2
+    exposures: int = 0
+    bytes: int = 0
+    problems: int = 0
+
+    def problem(self, stream: Stream, item: str, what: str) -> None:
+        """Write one problem line at once (cron and operators see it as it is found)."""
+        self.problems += 1
+        self.out.write(printable(f"{stream.name} {item}: {what}") + "\n")
+        self.out.flush()
+
+    def summary(self, seconds: float) -> str:
+        rate = self.bytes / seconds / 1e6 if seconds > 0 else 0.0
+        return (f"audit: {self.exposures} exposures audited, {self.bytes} bytes read in"
+                f" {seconds:.1f} s ({rate:.0f} MB/s), {self.problems} problems")
+
+
+# --------------------------------------------------------------------------- one exposure
+
+
+@dataclass
+class Findings:
+    """The problems of one exposure, by path relative to it (`EXPOSURE` for itself)."""
+
+    paths: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, path: str, what: str) -> None:
+        self.paths.setdefault(path, []).append(what)
+
+    def lines(self) -> Iterator[str]:
+        """One line per path, the exposure's own first."""
+        for path in sorted(self.paths):
+            what = "; ".join(self.paths[path])
+            yield what if path == EXPOSURE else f"{path}: {what}"
+
+
+def link_target(path: str) -> str:
+    """What a symbolic link points at, for a message."""
+    try:
+        return os.readlink(path)
+    except OSError as err:
+        return f"? ({err.strerror})"
+
+
+def _mode_problem(info: os.stat_result, expected: int) -> str | None:
+    mode = stat.S_IMODE(info.st_mode)
+    return None if mode == expected else f"mode {mode:#o}, expected {expected:#o}"
+
+
+def check_tree(directory: Path, dir_mode: int, findings: Findings) -> None:
+    """Record the modes and entry types below `directory` that are not as installed.
+
+    Links are reported, never followed; other non-regular files likewise.
+    """
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            with os.scandir(directory / relative if relative else directory) as entries:
+                children = list(entries)
+        except OSError as err:
+            findings.add(relative, f"cannot be listed ({err.strerror})")
+            continue
+        for entry in children:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as err:
+                findings.add(path, f"cannot be examined ({err.strerror})")
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                findings.add(path, f"symbolic link to {link_target(entry.path)}")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(path)
+                wrong = _mode_problem(info, dir_mode)
+            elif stat.S_ISREG(info.st_mode):
+                wrong = _mode_problem(info, FILE_MODE)
+            else:
+                wrong = "neither a regular file nor a directory"
+            if wrong:
+                findings.add(path, wrong)
+
+
+def add_verification(result: VerificationResult, findings: Findings) -> None:
+    """Turn `verify_exposure`'s lists into findings, one per file."""
+    checksum = result.checksum_name
+    if result.checksum_file_missing:
+        why = result.checksum_error or "missing"
+        findings.add(EXPOSURE, f"checksum file {checksum} {why}: {len(result.unlisted)}"
+                               " files cannot be verified")
+        return
+    for number, _ in result.malformed:
+        findings.add(checksum, f"line {number} is malformed")
+    for name in result.unsafe:
+        findings.add(checksum, f"lists an unsafe name {name!r}")
+    for name in result.mismatched:
+        note = result.errors.get(name)
+        findings.add(name, f"cannot be verified ({note})" if note
+                     else f"content differs from {checksum}")
+    for name in result.missing:
+        findings.add(name, f"listed in {checksum} but missing")
+    for name in result.unlisted:
+        findings.add(name, f"present but not listed in {checksum}")
+
+
+def audit_exposure(audit: Audit, stream: Stream, night: str, expid: str,
+                   backed_up: bool) -> None:
+    """Check one installed exposure's modes and bytes; report what is wrong."""
+    directory = stream.destination_exposure(night, expid)
+    dir_mode = DIR_MODE_BACKUP if backed_up else DIR_MODE
+    findings = Findings()
+    try:
+        wrong = _mode_problem(os.lstat(directory), dir_mode)
+    except OSError as err:
+        wrong = f"cannot be examined ({err.strerror})"
+    if wrong:
+        findings.add(EXPOSURE, f"directory {wrong}")
+    try:
+        result = verify_exposure(directory, stream.checksum_name(night, expid), audit.threads)
+    except (OSError, ValueError) as err:
+        findings.add(EXPOSURE, f"cannot be verified ({err})")
+    else:
+        audit.bytes += result.bytes
+        add_verification(result, findings)
+    check_tree(directory, dir_mode, findings)
+    audit.exposures += 1
+    for line in findings.lines():
+        audit.problem(stream, f"{night}/{expid}", line)
+
+
+# --------------------------------------------------------------------------- one night
+
+
+def eight_digits(name: str) -> bool:
+    """Whether `name` can be a NIGHT or an EXPID."""
+    return len(name) == 8 and name.isdigit()
+
+
+def installed_markers(state: Path, stream: Stream, night: str) -> set[str]:
+    """EXPIDs of the night with an ``.installed`` marker."""
+    suffix = ".installed"
+    try:
+        with os.scandir(Path(state, stream.name, night)) as entries:
+            names = [entry.name for entry in entries]
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    return {name[:8] for name in names
+            if name.endswith(suffix) and eight_digits(name[:-len(suffix)])}
+
+
+def night_entries(audit: Audit, stream: Stream, night: str) -> tuple[set[str], set[str]]:
+    """List the night directory: (exposure directories, every entry name).
+
+    Anything but an 8-digit directory is reported as it is met.
+    """
+    exposures, names = set(), set()
+    with os.scandir(stream.destination / night) as entries:
+        for entry in entries:
+            names.add(entry.name)
+            if entry.is_symlink():
+                audit.problem(stream, night, f"{entry.name} is a symbolic link to"
+                                             f" {link_target(entry.path)}")
+            elif entry.is_dir(follow_symlinks=False) and eight_digits(entry.name):
+                exposures.add(entry.name)
+            else:
+                audit.problem(stream, night, f"unexpected {_kind(entry)} {entry.name}"
+                                             f"{_hint(entry.name)}")
+    return exposures, names
+
+
+def _kind(entry: os.DirEntry) -> str:
+    if entry.is_dir(follow_symlinks=False):
+        return "directory"
+    return "file" if entry.is_file(follow_symlinks=False) else "special file"
+
+
+def _hint(name: str) -> str:
+    if name.startswith(".") and name.endswith(".installing"):
+        return " (left by an interrupted install; the next run starts it over)"
+    return ""
+
+
+def backup_record(audit: Audit, state: Path, stream: Stream,
+                  night: str) -> tuple[dict | None, set[str]]:
+    """The night's backup record (None when there is none) and the EXPIDs it names."""
+    path = marker_path(state, stream.name, night, None, "backedup")
+    if not path.exists():
+        return None, set()
+    record = read_record(path)
+    archives = record.get("archives") if record else None
+    if not isinstance(archives, list) or not all(isinstance(a, dict) for a in archives):
+        audit.problem(stream, night, f"backup record {path} is unreadable or has no"
+                                     " list of archives")
+        return {"archives": []}, set()
+    return record, {str(e) for a in archives for e in a.get("exposures", [])}
+
+
+def audit_night(audit: Audit, state: Path, stream: Stream, night: str) -> dict | None:
+    """Audit one night's directory and exposures; return its backup record, if any."""
+    record, backed_up = backup_record(audit, state, stream, night)
+    markers = installed_markers(state, stream, night)
+    directory = stream.destination / night
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        if markers:
+            audit.problem(stream, night, f"night directory {directory} is missing, but"
+                                         f" {len(markers)} exposures have .installed markers")
+        return record
+    if stat.S_ISLNK(info.st_mode):
+        audit.problem(stream, night, f"night directory is a symbolic link to"
+                                     f" {link_target(str(directory))}")
+        return record
+    if not stat.S_ISDIR(info.st_mode):
+        audit.problem(stream, night, f"{directory} is not a directory")
+        return record
+    wrong = _mode_problem(info, DIR_MODE if record is None else DIR_MODE_BACKUP)
+    if wrong:
+        audit.problem(stream, night, f"night directory {wrong}")
+    try:
+        exposures, names = night_entries(audit, stream, night)
+    except OSError as err:
+        audit.problem(stream, night, f"night directory cannot be listed ({err.strerror})")
+        return record
+    for expid in sorted(exposures | markers):
+        if expid in exposures:
+            audit_exposure(audit, stream, night, expid, expid in backed_up)
+        elif expid not in names:
+            audit.problem(stream, f"{night}/{expid}", "has an .installed marker but its"
+                                                      " exposure directory is missing")
+    return record
+
+
+# --------------------------------------------------------------------------- one stream
+
+
+def destination_nights(audit: Audit, stream: Stream) -> set[str]:
+    """Night directories at the top of the archive; report anything else there."""
+    nights = set()
+    try:
+        entries = os.scandir(stream.destination)
+    except FileNotFoundError:
+        return nights  # nothing installed yet; markers without it are reported per night
+    except OSError as err:
+        audit.problem(stream, str(stream.destination), f"cannot be listed ({err.strerror})")
+        return nights
+    with entries:
+        for entry in entries:
+            if entry.name.startswith(WORKSPACE_PREFIX):
+                continue
+            if eight_digits(entry.name):
+                nights.add(entry.name)  # audit_night reports one that is not a directory
+            elif entry.is_symlink():
+                audit.problem(stream, entry.name, f"symbolic link to {link_target(entry.path)}"
+                                                  " at the top of the archive")
+            else:
+                audit.problem(stream, entry.name, f"unexpected {_kind(entry)} at the top"
+                                                  " of the archive")
+    return nights
+
+
+def state_nights(state: Path, stream: Stream) -> set[str]:
+    """Nights with a directory of markers or a night-level marker in the state."""
+    try:
+        with os.scandir(Path(state, stream.name)) as entries:
+            return {entry.name[:8] for entry in entries if eight_digits(entry.name[:8])}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None = None) -> None:
+    """Audit every night of `stream` (or only `night`), oldest first."""
+    state = Path(config["state"])
+    if night is not None:
+        nights = {night}
+    else:
+        nights = destination_nights(audit, stream) | state_nights(state, stream)
+    for each in sorted(nights):
+        audit_night(audit, state, stream, each)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def load_configuration(path: str | os.PathLike) -> dict:
+    """Read, validate and complete the configuration, as the workflow does.
+
+    Raises
+    ------
+    ConfigurationError
+        With one line naming the file and the fix.
+    """
+    raw = load_yaml(path)
+    error = describe_validation_error(raw, [str(path)])
+    if error is not None:
+        raise ConfigurationError(error)
+    return with_defaults(raw)
+
+
+def select_streams(config: dict, name: str | None) -> list[Stream]:
+    """The configured streams, or the one named; `ConfigurationError` if unknown."""
+    streams = get_streams(config)
+    if name is None:
+        return list(streams.values())
+    if name not in streams:
+        raise ConfigurationError(f"--stream {name}: not configured (streams:"
+                                 f" {', '.join(sorted(streams))})")
+    return [streams[name]]
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.audit",
+        description="Audit the archive without changing it: checksums, modes, stray"
+                    " entries, markers and backup records. One line per problem on"
+                    " stdout; exit 0 when everything holds, 1 otherwise.")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="configuration file (default: config.yaml beside the Snakefile)")
+    parser.add_argument("--night", help="audit this night only (YYYYMMDD)")
+    parser.add_argument("--stream", help="audit this stream only")
+    parser.add_argument("--threads", type=int,
+                        help="files hashed in parallel (default: verify.threads)")
+    return parser.parse_args(argv)
+
+
+def argument_error(args: argparse.Namespace) -> str | None:
+    if args.night is not None and not eight_digits(args.night):
+        return f"--night {args.night}: expected YYYYMMDD"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads {args.threads}: expected at least 1"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the audit; return 0 (all holds), 1 (problems) or 2 (bad input)."""
+    args = parse_arguments(argv)
+    try:
+        error = argument_error(args)
+        if error:
+            raise ConfigurationError(error)
+        config = load_configuration(args.config)
+        streams = select_streams(config, args.stream)
+    except ConfigurationError as err:
+        print(f"audit: {err}", file=sys.stderr)
+        return 2
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    audit = Audit(sys.stdout, threads=args.threads or config["verify"]["threads"])
+    start = time.monotonic()
+    for stream in streams:
+        audit_stream(audit, config, stream, args.night)
+    print(audit.summary(time.monotonic() - start), file=sys.stderr)
+    return 1 if audit.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

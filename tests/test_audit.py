@@ -1,0 +1,270 @@
+"""The archive audit (``python -m scripts.audit``) on archives the real workflow installed.
+
+One archive is installed once per module by the real workflow; each test audits a
+faithful copy of it (modes, setgid bits and times preserved), tampered in one way,
+and expects exactly the line that names the tampering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import NIGHT, REPO, STREAM, Site, require_tool
+
+from scripts.audit import printable
+
+OTHER = "20261126"  # a second night
+AFTER_BACKUP = "2026-11-28T21:00:00Z"  # NIGHT is due for backup
+EXPOSURES = {NIGHT: ["00001001", "00001002", "00001003"], OTHER: ["00000901"]}
+
+
+def checksum(expid: str) -> str:
+    return f"checksum-{expid}.sha256sum"
+
+
+def audit(config: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the audit command as an operator would; output kept as raw bytes."""
+    return subprocess.run([sys.executable, "-m", "scripts.audit", "--config", str(config),
+                           *args], capture_output=True, cwd=REPO, timeout=120)
+
+
+def lines(result: subprocess.CompletedProcess) -> list[str]:
+    return result.stdout.decode("ascii").splitlines()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Site:
+    """Four exposures over two nights, installed by the real workflow."""
+    require_tool("rsync")
+    site = Site(tmp_path_factory.mktemp("installed"))
+    for night, expids in EXPOSURES.items():
+        for expid in expids:
+            site.exposure(expid, night=night)
+    site.run()
+    for night, expids in EXPOSURES.items():
+        for expid in expids:
+            assert site.marker(night, expid, "installed").exists()
+    return site
+
+
+@pytest.fixture
+def archive(installed: Site, tmp_path: Path) -> Site:
+    """A copy of the installed archive and state, with a configuration pointing at it."""
+    copy = Site(tmp_path)
+    shutil.copytree(installed.destination, copy.destination, symlinks=True)
+    shutil.copytree(installed.state, copy.state, symlinks=True)
+    copy.write_config()
+    return copy
+
+
+def snapshot(*tops: Path) -> dict[bytes, tuple]:
+    """(mode, mtime_ns, sha256 or link target) of every path below `tops`."""
+    seen = {}
+    for top in tops:
+        for directory, dirs, files in os.walk(os.fsencode(top)):
+            for name in [b"", *dirs, *files]:
+                path = os.path.join(directory, name) if name else directory
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode):
+                    with open(path, "rb") as f:
+                        content = hashlib.sha256(f.read()).hexdigest()
+                elif stat.S_ISLNK(info.st_mode):
+                    content = os.readlink(path)
+                else:
+                    content = None
+                seen[path] = (info.st_mode, info.st_mtime_ns, content)
+    return seen
+
+
+# --------------------------------------------------------------------------- clean archive
+
+
+def test_a_freshly_installed_archive_passes(archive):
+    result = audit(archive.config_file)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout == b""
+    summary = result.stderr.decode().splitlines()
+    assert len(summary) == 1
+    assert summary[0].startswith("audit: 4 exposures audited, ")
+    assert summary[0].endswith(", 0 problems")
+
+
+def test_the_workflow_s_own_workspace_at_the_top_is_skipped(archive):
+    (archive.destination / ".desitransfer-tmp").mkdir()
+    (archive.destination / ".desitransfer-tmp" / "anything").write_text("x")
+    assert audit(archive.config_file).returncode == 0
+
+
+# --------------------------------------------------------------------------- tampering
+
+
+def flip_a_byte(site: Site) -> None:
+    path = site.installed(NIGHT, "00001001") / "desi-00001001.fits.fz"
+    with open(path, "r+b") as f:
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0x01]))
+
+
+def make_group_writable(site: Site) -> None:
+    os.chmod(site.installed(NIGHT, "00001002") / "guide-00001002.fits.fz", 0o640)
+
+
+def leave_rsync_temporary(site: Site) -> None:
+    stray = site.destination / NIGHT / ".sky-00001003.fits.fz.Xq81Ab"
+    stray.write_bytes(b"partial")
+
+
+def leave_installing_directory(site: Site) -> None:
+    (site.destination / NIGHT / ".00001004.installing").mkdir()
+
+
+def add_stray_file(site: Site) -> None:
+    stray = site.installed(NIGHT, "00001001") / "notes.txt"
+    stray.write_text("left here by hand\n")
+    os.chmod(stray, 0o644)
+
+
+def add_link(site: Site) -> None:
+    (site.installed(OTHER, "00000901") / "sky-00000901.fits.fz").unlink()
+    os.symlink("/etc/hostname", site.installed(OTHER, "00000901") / "sky-00000901.fits.fz")
+
+
+def remove_exposure(site: Site) -> None:
+    shutil.rmtree(site.installed(NIGHT, "00001002"))
+
+
+def make_night_writable_by_group(site: Site) -> None:
+    os.chmod(site.destination / OTHER, 0o2770)
+
+
+TAMPERING: dict[str, tuple[Callable[[Site], None], str]] = {
+    "flipped byte": (flip_a_byte, f"{NIGHT}/00001001: desi-00001001.fits.fz: content differs"
+                                  f" from {checksum('00001001')}"),
+    "file mode": (make_group_writable, f"{NIGHT}/00001002: guide-00001002.fits.fz: mode"
+                                       " 0o640, expected 0o440"),
+    "rsync temporary": (leave_rsync_temporary,
+                        f"{NIGHT}: unexpected file .sky-00001003.fits.fz.Xq81Ab"),
+    "interrupted install": (leave_installing_directory,
+                            f"{NIGHT}: unexpected directory .00001004.installing (left by an"
+                            " interrupted install; the next run starts it over)"),
+    "stray file": (add_stray_file, f"{NIGHT}/00001001: notes.txt: present but not listed in"
+                                   f" {checksum('00001001')}; mode 0o644, expected 0o440"),
+    "link": (add_link, f"{OTHER}/00000901: sky-00000901.fits.fz: cannot be verified"
+                       " (resolves outside the directory); symbolic link to /etc/hostname"),
+    "removed exposure": (remove_exposure, f"{NIGHT}/00001002: has an .installed marker but"
+                                          " its exposure directory is missing"),
+    "night mode": (make_night_writable_by_group,
+                   f"{OTHER}: night directory mode 0o2770, expected 0o2750"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERING)
+def test_each_tampering_gives_exactly_its_line(archive, case):
+    tamper, expected = TAMPERING[case]
+    tamper(archive)
+    result = audit(archive.config_file)
+    assert lines(result) == [f"{STREAM} {expected}"]
+    assert result.returncode == 1
+    assert result.stderr.decode().rstrip().endswith(", 1 problems")
+
+
+def test_an_exposure_without_a_marker_is_audited_but_not_a_problem(archive):
+    archive.marker(NIGHT, "00001003", "installed").unlink()
+    result = audit(archive.config_file)
+    assert result.returncode == 0
+    assert b"4 exposures audited" in result.stderr
+    flip_a_byte(archive)
+    archive.marker(NIGHT, "00001001", "installed").unlink()
+    assert lines(audit(archive.config_file)) == [
+        f"{STREAM} {TAMPERING['flipped byte'][1]}"]
+
+
+def test_night_restricts_the_audit_to_that_night(archive):
+    add_stray_file(archive)  # in NIGHT
+    result = audit(archive.config_file, "--night", OTHER)
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert b"1 exposures audited" in result.stderr
+    result = audit(archive.config_file, "--night", NIGHT)
+    assert result.returncode == 1
+    assert len(lines(result)) == 1
+    assert b"3 exposures audited" in result.stderr
+
+
+def test_names_that_are_not_utf8_or_hold_control_characters_are_escaped(archive):
+    exposure = os.fsencode(archive.installed(NIGHT, "00001003"))
+    for name in (b"bad\xff.fits", b"evil\x1b[2J\n\\.fits"):
+        fd = os.open(os.path.join(exposure, name), os.O_WRONLY | os.O_CREAT, 0o440)
+        os.close(fd)
+    result = audit(archive.config_file)
+    assert result.returncode == 1
+    for raw in (b"\xff", b"\x1b", b"\n\\.fits"):
+        assert raw not in result.stdout
+    unlisted = f"present but not listed in {checksum('00001003')}"
+    assert lines(result) == [
+        f"{STREAM} {NIGHT}/00001003: bad\\xff.fits: {unlisted}",
+        f"{STREAM} {NIGHT}/00001003: evil\\x1b[2J\\n\\\\.fits: {unlisted}",
+    ]
+
+
+def test_printable_escapes_what_a_terminal_would_act_on():
+    assert printable("20261127/00001234: ok") == "20261127/00001234: ok"
+    assert printable("a\\b") == "a\\\\b"
+    assert printable(os.fsdecode(b"x\xffy")) == "x\\xffy"
+    assert printable("\x1b[31m\r\t\x7f") == "\\x1b[31m\\r\\t\\x7f"
+    assert printable("caf\u00e9\u202e\u2028") == "caf\u00e9\\u202e\\u2028"
+
+
+# --------------------------------------------------------------------------- read-only
+
+
+def test_the_audit_changes_nothing_in_the_archive_or_the_state(archive):
+    for tamper, _ in TAMPERING.values():
+        tamper(archive)
+    with open(os.path.join(os.fsencode(archive.installed(OTHER, "00000901")), b"bad\xff"),
+              "wb") as f:
+        f.write(b"x")
+    os.chmod(archive.destination / OTHER, 0o2550)  # as a night gone to tape would be
+    before = snapshot(archive.destination, archive.state)
+    result = audit(archive.config_file)
+    assert result.returncode == 1
+    assert len(lines(result)) >= len(TAMPERING)
+    assert snapshot(archive.destination, archive.state) == before
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_a_bad_configuration_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("state: [unclosed\n")
+    result = audit(bad)
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        f"audit: {bad}: line 2 is not valid YAML; fix it"]
+    bad.write_text(yaml.safe_dump({"state": "s", "remote": {"host": "local"}}))
+    result = audit(bad)
+    assert result.returncode == 2
+    assert len(result.stderr.decode().splitlines()) == 1
+    assert "streams" in result.stderr.decode()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--night", "2026-11-27"], "audit: --night 2026-11-27: expected YYYYMMDD"),
+    (["--stream", "NOPE"], f"audit: --stream NOPE: not configured (streams: {STREAM})"),
+    (["--threads", "0"], "audit: --threads 0: expected at least 1"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(archive, args, message):
+    result = audit(archive.config_file, *args)
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert result.stderr.decode().splitlines() == [message]
