@@ -15,7 +15,8 @@ For every installed exposure of every stream (or of one night, or one stream):
   ``.desitransfer*`` workspace;
 * an ``.installed`` marker whose exposure directory is missing is a problem (an
   exposure directory without a marker is audited like the others);
-* every exposure a backup record lists is a member of the archive it names.
+* every exposure a backup record lists is a member of the archive it names (read
+  from the archive: ``htar -tvf`` on tape, the verified index with the tar backend).
 
 Each problem is one line on stdout, ``STREAM NIGHT/EXPID: what is wrong`` (names
 escaped, so no raw control character or undecodable byte reaches the terminal),
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from scripts.backup import Tape, exposures_in
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import (
     ConfigurationError,
@@ -48,6 +50,7 @@ from scripts.configuration import (
     load_yaml,
     with_defaults,
 )
+from scripts.hpss import BackupError
 from scripts.markers import marker_path, read_record
 from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
 
@@ -367,6 +370,27 @@ def state_nights(state: Path, stream: Stream) -> set[str]:
         return set()
 
 
+def audit_backup(audit: Audit, tape: Tape, stream: Stream, night: str, record: dict) -> None:
+    """Check that each archive of the night's backup record holds the exposures it lists.
+
+    The member list is read from the archive itself (`Tape.members`): on tape, htar's
+    index; with the tar backend, the index written after the tarball verified.
+    """
+    for archive in record.get("archives", []):
+        name = str(archive.get("name"))
+        listed = {str(expid) for expid in archive.get("exposures", [])}
+        if not listed:
+            continue
+        try:
+            held = exposures_in(tape.members(name), night)
+        except BackupError as err:
+            audit.problem(stream, night, f"backup archive {name} cannot be listed: {err}")
+            continue
+        for expid in sorted(listed - held):
+            audit.problem(stream, f"{night}/{expid}", f"the backup record says {name} holds"
+                                                      " it, but that archive does not")
+
+
 def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None = None) -> None:
     """Audit every night of `stream` (or only `night`), oldest first."""
     state = Path(config["state"])
@@ -374,8 +398,17 @@ def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None =
         nights = {night}
     else:
         nights = destination_nights(audit, stream) | state_nights(state, stream)
+    tape = None if config["backup"]["backend"] == "none" else Tape(config, stream)
+    unchecked = 0
     for each in sorted(nights):
-        audit_night(audit, state, stream, each)
+        record = audit_night(audit, state, stream, each)
+        if record is not None and tape is not None:
+            audit_backup(audit, tape, stream, each, record)
+        elif record is not None:
+            unchecked += 1
+    if unchecked:
+        print(f"audit: {stream.name}: backup.backend is none, so the backup records of"
+              f" {unchecked} nights were not checked against their archives", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- command

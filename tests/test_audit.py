@@ -8,6 +8,7 @@ and expects exactly the line that names the tampering.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -31,10 +32,10 @@ def checksum(expid: str) -> str:
     return f"checksum-{expid}.sha256sum"
 
 
-def audit(config: Path, *args: str) -> subprocess.CompletedProcess:
+def audit(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the audit command as an operator would; output kept as raw bytes."""
     return subprocess.run([sys.executable, "-m", "scripts.audit", "--config", str(config),
-                           *args], capture_output=True, cwd=REPO, timeout=120)
+                           *args], capture_output=True, cwd=REPO, timeout=120, env=env)
 
 
 def lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -222,6 +223,54 @@ def test_printable_escapes_what_a_terminal_would_act_on():
     assert printable(os.fsdecode(b"x\xffy")) == "x\\xffy"
     assert printable("\x1b[31m\r\t\x7f") == "\\x1b[31m\\r\\t\\x7f"
     assert printable("caf\u00e9\u202e\u2028") == "caf\u00e9\\u202e\\u2028"
+
+
+# --------------------------------------------------------------------------- backups
+
+ARCHIVE = f"desi_spectro_data_{NIGHT}.tar"
+
+
+def back_up(site: Site) -> None:
+    """Install two exposures of NIGHT and put the night on tape, with the real workflow."""
+    site.config["now"] = AFTER_BACKUP
+    for expid in ("00001101", "00001102"):
+        site.exposure(expid)
+    site.run()
+    assert site.record(NIGHT, None, "backedup")["archives"][0]["name"] == ARCHIVE
+
+
+def test_a_night_on_tape_passes_then_an_exposure_missing_from_its_archive_is_found(site):
+    tape = site.root / "tape"
+    site.config["backup"] = {"backend": "tar", "archive": str(tape), "hpss_status": ""}
+    back_up(site)
+    assert stat.S_IMODE((site.destination / NIGHT).stat().st_mode) == 0o2550
+    assert stat.S_IMODE(site.installed(NIGHT, "00001102").stat().st_mode) == 0o2550
+    result = audit(site.write_config())
+    assert (result.returncode, result.stdout) == (0, b""), result.stdout
+    index = tape / "desi/spectro/data" / f"{ARCHIVE}.idx"
+    index.write_text("".join(line for line in index.read_text().splitlines(keepends=True)
+                             if "/00001102/" not in line))
+    result = audit(site.config_file)
+    assert lines(result) == [f"{STREAM} {NIGHT}/00001102: the backup record says {ARCHIVE}"
+                             " holds it, but that archive does not"]
+    assert result.returncode == 1
+    index.unlink()
+    [line] = lines(audit(site.config_file))
+    assert line.startswith(f"{STREAM} {NIGHT}: backup archive {ARCHIVE} cannot be listed: ")
+    assert line.endswith("is missing")
+
+
+def test_a_backup_record_naming_an_exposure_not_on_tape_is_found(site, tape):
+    back_up(site)
+    result = audit(site.write_config(), env=site.env)  # HPSS_ROOT: the emulator's tape
+    assert (result.returncode, result.stdout) == (0, b""), result.stdout
+    record = site.record(NIGHT, None, "backedup")
+    record["archives"][0]["exposures"].append("00001199")
+    site.marker(NIGHT, None, "backedup").write_text(json.dumps(record))
+    result = audit(site.config_file, env=site.env)
+    assert lines(result) == [f"{STREAM} {NIGHT}/00001199: the backup record says {ARCHIVE}"
+                             " holds it, but that archive does not"]
+    assert result.returncode == 1
 
 
 # --------------------------------------------------------------------------- read-only
