@@ -253,20 +253,21 @@ def installed_markers(state: Path, stream: Stream, night: str) -> set[str]:
 def night_entries(audit: Audit, stream: Stream, night: str) -> tuple[set[str], set[str]]:
     """List the night directory: (exposure directories, every entry name).
 
-    Anything but an 8-digit directory is reported as it is met.
+    Anything but an 8-digit directory is reported, in name order.
     """
     exposures, names = set(), set()
-    with os.scandir(stream.destination / night) as entries:
-        for entry in entries:
-            names.add(entry.name)
-            if entry.is_symlink():
-                audit.problem(stream, night, f"{entry.name} is a symbolic link to"
-                                             f" {link_target(entry.path)}")
-            elif entry.is_dir(follow_symlinks=False) and eight_digits(entry.name):
-                exposures.add(entry.name)
-            else:
-                audit.problem(stream, night, f"unexpected {_kind(entry)} {entry.name}"
-                                             f"{_hint(entry.name)}")
+    with os.scandir(stream.destination / night) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    for entry in entries:
+        names.add(entry.name)
+        if entry.is_symlink():
+            audit.problem(stream, night, f"{entry.name} is a symbolic link to"
+                                         f" {link_target(entry.path)}")
+        elif entry.is_dir(follow_symlinks=False) and eight_digits(entry.name):
+            exposures.add(entry.name)
+        else:
+            audit.problem(stream, night, f"unexpected {_kind(entry)} {entry.name}"
+                                         f"{_hint(entry.name)}")
     return exposures, names
 
 
@@ -347,7 +348,7 @@ def destination_nights(audit: Audit, stream: Stream) -> set[str]:
         audit.problem(stream, str(stream.destination), f"cannot be listed ({err.strerror})")
         return nights
     with entries:
-        for entry in entries:
+        for entry in sorted(entries, key=lambda entry: entry.name):
             if entry.name.startswith(WORKSPACE_PREFIX):
                 continue
             if eight_digits(entry.name):
@@ -396,6 +397,10 @@ def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None =
     state = Path(config["state"])
     if night is not None:
         nights = {night}
+        on_disk = os.path.lexists(stream.destination / night)
+        if not on_disk and night not in state_nights(state, stream):
+            print(f"audit: {stream.name} {night}: nothing installed or recorded for this"
+                  " night", file=sys.stderr)
     else:
         nights = destination_nights(audit, stream) | state_nights(state, stream)
     tape = None if config["backup"]["backend"] == "none" else Tape(config, stream)
@@ -479,8 +484,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     audit = Audit(sys.stdout, threads=args.threads or config["verify"]["threads"])
     start = time.monotonic()
-    for stream in streams:
-        audit_stream(audit, config, stream, args.night)
+    try:
+        for stream in streams:
+            audit_stream(audit, config, stream, args.night)
+    except KeyboardInterrupt:
+        print(f"{audit.summary(time.monotonic() - start)} (interrupted: the rest was not"
+              " audited)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     print(audit.summary(time.monotonic() - start), file=sys.stderr)
     return 1 if audit.problems else 0
 
