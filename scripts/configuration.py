@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,11 @@ from pathlib import Path
 import yaml
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+#: remote.host meaning "the SOURCE paths are on this machine" (see scripts.remote).
+LOCAL_HOST = "local"
+#: `now` must fall in these years: a replay is of this era, and dates far from it
+#: overflow in the look-back arithmetic.
+NOW_YEARS = (1970, 2999)
 
 
 class ConfigurationError(Exception):
@@ -51,6 +57,9 @@ def describe_validation_error(
         message = f"unknown key ({message})"
     elif error.validator == "pattern" and path[-1:] == ["checksum_file"]:
         message = f"{error.instance!r} may use only the fields {{night}} and {{exposure}}"
+    if "then" in error.schema_path and key == "backup.archive":
+        message = ("is required when backup.backend is tar (the directory the tar"
+                   " archives are written to)")
     where = ", ".join(str(f) for f in files) or "configuration"
     return f"{where}: {key}: {message}; see README.md, section Configuration"
 
@@ -60,12 +69,19 @@ def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
     which reads the configuration before Snakemake does)."""
 
     def fill(value, schema):
-        if isinstance(value, dict) and "properties" in schema:
-            for key, sub in schema["properties"].items():
-                if key not in value and "default" in sub:
-                    value[key] = copy.deepcopy(sub["default"])
-                if key in value:
-                    value[key] = fill(value[key], sub)
+        if not isinstance(value, dict):
+            return value
+        properties = schema.get("properties", {})
+        for key, sub in properties.items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = fill(value[key], sub)
+        others = schema.get("additionalProperties")
+        if isinstance(others, dict):  # e.g. each stream of `streams`
+            for key in value:
+                if key not in properties:
+                    value[key] = fill(value[key], others)
         return value
 
     return fill(copy.deepcopy(config), yaml.safe_load(schema_path.read_text()))
@@ -97,6 +113,8 @@ class Stream:
     destination: Path
     hpss: str
     checksum_file: str
+    #: where the stream's data live at the mountain; published links must point inside
+    data_root: str | None = None
 
     def checksum_name(self, night: str, expid: str) -> str:
         """The checksum file's name inside exposure `night`/`expid`."""
@@ -119,6 +137,7 @@ def get_streams(config: dict) -> dict[str, Stream]:
             destination=Path(s["destination"]).absolute(),
             hpss=s["hpss"],
             checksum_file=s["checksum_file"],
+            data_root=s.get("data_root"),
         )
         for name, s in config["streams"].items()
     }
@@ -127,39 +146,167 @@ def get_streams(config: dict) -> dict[str, Stream]:
 def get_now(config: dict) -> dt.datetime:
     """The workflow's clock: ``now`` from the configuration, else UTC now.
 
-    Nothing in the workflow reads local time; a naive ``now`` is taken as UTC.
+    ``now`` is an ISO-8601 string or, as YAML reads an unquoted time, a datetime (or a
+    date: its midnight). Nothing in the workflow reads local time; a naive ``now`` is
+    taken as UTC.
     """
     value = config.get("now")
-    if value in (None, ""):
+    if value is None or value == "":
         return dt.datetime.now(dt.UTC)
-    try:
-        when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
+    example = "(e.g. 2026-11-29T15:00:00Z)"
+    if isinstance(value, dt.datetime):
+        when = value
+    elif isinstance(value, dt.date):
+        when = dt.datetime.combine(value, dt.time())
+    elif isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigurationError(
+                f"now: {value!r} is not an ISO-8601 time {example}"
+            ) from None
+    else:
+        raise ConfigurationError(f"now: {value!r} is not an ISO-8601 time {example}")
+    first, last = NOW_YEARS
+    if not first <= when.year <= last:
         raise ConfigurationError(
-            f"now: {value!r} is not an ISO-8601 time (e.g. 2026-11-29T15:00:00Z)"
-        ) from None
+            f"now: {value!s} is outside the years {first}-{last}; give a time of this era"
+            f" {example} or null for the clock"
+        )
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.astimezone(dt.UTC)
 
 
-def check_paths(config: dict) -> None:
-    """Refuse a state directory inside an archive or staging area.
+def _shown(path: str) -> str:
+    """A configured path as it goes in a one-line message."""
+    return path if path.isprintable() else repr(path)
 
-    Markers inside the archive would be installed, backed up to tape and made
-    read-only along with the data; the state must live apart from it.
+
+def _resolved(path: str | os.PathLike) -> Path:
+    """`path` absolute, with the symlinks of its existing part resolved (before any
+    ``..`` that follows them, as the kernel does): two keys naming one directory
+    through a link must compare equal."""
+    return Path(os.path.realpath(path))
+
+
+def _describe(key: str, value: str, resolved: Path) -> str:
+    shown = _shown(str(value))
+    if Path(os.path.abspath(value)) != resolved:
+        shown += f" (resolved: {_shown(str(resolved))})"
+    return f"{key}: {shown}"
+
+
+def data_directories(config: dict) -> list[tuple[str, str]]:
+    """The data-centre directories that hold data, as (key, configured path).
+
+    Each stream's staging and destination, its source when it is on this machine
+    (``remote.host: local``), and the tar backend's archive.
     """
-    state = Path(config["state"]).absolute()
-    for stream in get_streams(config).values():
-        for label, area in (("destination", stream.destination), ("staging", stream.staging)):
-            if state == area or area in state.parents:
-                raise ConfigurationError(
-                    f"state: {state} is inside streams.{stream.name}.{label} ({area});"
-                    " put the state directory outside the archive"
-                )
+    local = config["remote"]["host"] == LOCAL_HOST
+    roles = []
+    for name, stream in config["streams"].items():
+        if local:
+            roles.append((f"streams.{name}.source", stream["source"]))
+        roles.append((f"streams.{name}.staging", stream["staging"]))
+        roles.append((f"streams.{name}.destination", stream["destination"]))
+    backup = config.get("backup") or {}
+    if backup.get("backend") == "tar" and backup.get("archive"):
+        roles.append(("backup.archive", backup["archive"]))
+    return roles
+
+
+def bookkeeping_directories(config: dict) -> list[tuple[str, str]]:
+    """The directories of the workflow's own files: state, status and logs
+    (status and logs default to STATE/status and STATE/logs)."""
+    state = config["state"]
+    return [
+        ("state", state),
+        ("status", config.get("status") or os.path.join(state, "status")),
+        ("logs", config.get("logs") or os.path.join(state, "logs")),
+    ]
+
+
+def check_paths(config: dict) -> None:
+    """Refuse directories that are the same as, or inside, one another.
+
+    Source, staging, destination (every stream) and the tar archive must each be a
+    directory of its own: a destination equal to a local source would make the run
+    chmod the mountain's own data read-only, a staging area inside the archive would
+    be installed and backed up. The state, status and logs directories must be apart
+    from all of them (neither equal, inside nor containing): markers inside the archive
+    would be locked and taped with the data. The state may contain status and logs.
+    Paths are compared absolute, with symlinks resolved where they exist.
+    """
+    data = [(key, value, _resolved(value)) for key, value in data_directories(config)]
+    for i, first in enumerate(data):
+        for second in data[i + 1:]:
+            # Name the inner directory first; of two equal ones, the later key.
+            outer, inner = first, second
+            if first[2] != second[2] and first[2].is_relative_to(second[2]):
+                outer, inner = second, first
+            if not inner[2].is_relative_to(outer[2]):
+                continue
+            problem = (f"is the same directory as {outer[0]}" if inner[2] == outer[2]
+                       else f"is inside {outer[0]} ({_shown(str(outer[2]))})")
+            raise ConfigurationError(
+                f"{_describe(*inner)} {problem}; source, staging, destination and"
+                " backup.archive each need a directory of their own, none inside another"
+            )
+    for key, value in bookkeeping_directories(config):
+        own = _resolved(value)
+        for data_key, _, area in data:
+            if own == area:
+                problem = f"is the same directory as {data_key}"
+            elif own.is_relative_to(area):
+                problem = f"is inside {data_key} ({_shown(str(area))})"
+            elif area.is_relative_to(own):
+                problem = f"contains {data_key} ({_shown(str(area))})"
+            else:
+                continue
+            raise ConfigurationError(
+                f"{_describe(key, value, own)} {problem}; keep state, status and logs"
+                " apart from the data (source, staging, destination, backup.archive)"
+            )
+
+
+def checksum_file_problem(value: str) -> str | None:
+    """Why `value` is not a usable ``checksum_file``, or None.
+
+    The checksum file is opened inside the exposure: its name, once {night} and
+    {exposure} are filled in, must be a plain file name there, never a path.
+    """
+    try:
+        name = value.format(night="20261127", exposure="00001234")
+    except (KeyError, IndexError, ValueError):
+        return f"{value!r} may use only the fields {{night}} and {{exposure}}"
+    if name in ("", ".", "..") or "/" in name or not name.isprintable():
+        return (f"{value!r} must be a plain file name inside the exposure (no '/', not"
+                " '.' or '..', no control characters), e.g. checksum-{exposure}.sha256sum")
+    return None
+
+
+def check_numbers(config: dict, prefix: str = "") -> None:
+    """Refuse NaN and infinities anywhere: JSON Schema bounds let NaN through (every
+    comparison with it is false)."""
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            check_numbers(value, f"{dotted}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigurationError(f"{dotted}: {value} is not a finite number")
 
 
 def check_configuration(config: dict) -> None:
-    """Checks the schema cannot express; raise `ConfigurationError` (one line)."""
+    """Checks the schema cannot express; raise `ConfigurationError` (one line).
+
+    `config` is valid against the schema, defaults filled in. The message is
+    ``KEY: what is wrong; what to do``: the caller puts the file name in front.
+    """
+    check_numbers(config)
+    for name, stream in config["streams"].items():
+        problem = checksum_file_problem(stream["checksum_file"])
+        if problem:
+            raise ConfigurationError(f"streams.{name}.checksum_file: {problem}")
     check_paths(config)
     get_now(config)
