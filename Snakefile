@@ -12,6 +12,7 @@ min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)
 from scripts.configuration import describe_validation_error
+from scripts.run_lock import RunLockBusy, hold
 
 # The bundled config.yaml is the default only: a --configfile replaces it rather
 # than being merged into it (a production file must not inherit demo streams).
@@ -30,6 +31,15 @@ include: "rules/common.smk"
 include: "rules/exposure.smk"
 include: "rules/night.smk"
 include: "rules/status.smk"
+
+
+# One run at a time, whoever starts it (see scripts/run_lock.py). onstart fires for
+# real runs only: -n, --dag and --lint take no lock.
+onstart:
+    try:
+        hold(config["state"])
+    except RunLockBusy as err:
+        sys.exit(f"desitransfer: {err}")
 
 
 # Only pending work: done exposures and nights never enter the DAG.

@@ -2,11 +2,15 @@
 
 Every subprocess of the workflow goes through `run`: a hung ssh or rsync must end the
 step as a failure, not the night. The command runs in its own process group so that
-its children (rsync's ssh, for instance) are killed with it.
+its children (rsync's ssh, for instance) are killed with it, and it is told by the
+kernel to die with the job that started it (``PR_SET_PDEATHSIG``): an rsync or htar
+must never outlive a run killed with SIGKILL and write into staging while the next
+run works on the same exposure.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
@@ -20,6 +24,20 @@ log = logging.getLogger(__name__)
 #: Commands running now, so that a terminated job can end them too (their own
 #: process groups are out of reach of the signal that ends the job).
 RUNNING: set[subprocess.Popen] = set()
+#: prctl option: the signal a process gets when the thread that forked it exits.
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with(parent: int):
+    """A ``preexec_fn``: SIGKILL this child when `parent` dies, even by SIGKILL."""
+
+    def preexec() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(137)
+
+    return preexec
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,7 @@ def run(
             text=True,
             errors="replace",
             start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),
         )
     except FileNotFoundError:
         return CommandResult(command, None, "", "", 0.0, missing=True)

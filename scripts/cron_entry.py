@@ -12,7 +12,6 @@ on stderr only when something failed, so that cron's own mail carries real probl
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import subprocess
@@ -32,6 +31,7 @@ from scripts.alerts import (
     state_problems,
 )
 from scripts.configuration import ConfigurationError, load_yaml, with_defaults
+from scripts.run_lock import ENV_FD, lock_path, try_lock
 
 log = logging.getLogger("desitransfer.cron")
 #: Snakemake's own run logs kept in .snakemake/log.
@@ -51,21 +51,6 @@ def setup_logging(directory: Path) -> None:
     parent = logging.getLogger("desitransfer")
     parent.addHandler(handler)
     parent.setLevel(logging.INFO)
-
-
-def clear_stale_snakemake_locks(workdir: Path) -> None:
-    """Remove Snakemake's directory locks left by a killed run.
-
-    Only called while holding the cron lock, so no other run of ours is alive; a
-    lock left behind can only be stale (Snakemake would otherwise refuse to run
-    until a person called --unlock).
-    """
-    locks = workdir / ".snakemake" / "locks"
-    stale = list(locks.glob("*.lock")) if locks.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        log.warning("removed %d stale Snakemake lock(s) left by a killed run", len(stale))
 
 
 def prune_snakemake_logs(workdir: Path, keep: int = KEEP_SNAKEMAKE_LOGS) -> None:
@@ -118,21 +103,20 @@ def main(argv: list[str]) -> int:
     if kill_file.exists():
         log.info("%s detected, not running (remove it to resume transfers).", kill_file)
         return 0
-    state.mkdir(parents=True, exist_ok=True)
-    lock = open(state / ".cron.lock", "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.info("another run holds %s; exiting.", lock.name)
+    lock = try_lock(state)
+    if lock is None:
+        log.info("another run holds %s; exiting.", lock_path(state))
         return 0
     workdir = Path.cwd()
-    clear_stale_snakemake_locks(workdir)
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-               "--configfile", str(config_file), *extra]
+    # --nolock: the run lock held here (and handed down) is the one that counts.
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--nolock",
+               *extra, "--configfile", str(config_file)]
     log.info("starting: %s", " ".join(command))
     run_start = time.time()
     start = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            pass_fds=(lock.fileno(),),
+                            env={**os.environ, ENV_FD: str(lock.fileno())})
     for line in (result.stdout + result.stderr).splitlines():
         if line.strip():
             log.info("| %s", line)

@@ -1,16 +1,19 @@
 """Install a verified exposure into the archive, read-only, under its final name last.
 
-Run by rule ``install_exposure``. The exposure is locked (directories 0o2750, files
-0o440) while still in staging, then renamed into ``DESTINATION/NIGHT/EXPID``: the
-final name appears only when everything is there. Across file systems it is copied
-to a hidden temporary name beside its final place and renamed from there.
+Run by rule ``install_exposure``. The archive is written only by scripts/archive.py:
+the staged copy is made read-only (directories 0o2750, files 0o440) in the
+destination's workspace and renamed to ``DESTINATION/NIGHT/EXPID`` — the final name
+appears only when everything is there — or, when an exposure is already installed
+there, swapped with it atomically, and only if the staged copy verified completely.
+
+Every state a killed run can leave is resolved here without a person: a staged copy
+beside an installed one (a cross-file-system install killed before it removed the
+staging copy, or an adopted exposure being replaced) is swapped in if it verified; an
+installed copy whose staging copy is gone is checked again, read-only, before it is
+recorded.
 """
 
-import errno
 import logging
-import os
-import shutil
-import stat
 import sys
 import time
 from pathlib import Path
@@ -18,12 +21,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import joblog
+from scripts.archive import discard, place, recover, replace
+from scripts.checksum import verify_exposure
 from scripts.configuration import Stream, get_streams
 from scripts.markers import marker_path, read_failure, read_record, write_failure, write_marker
-from scripts.permissions import DIR_MODE, lock_tree
+from scripts.permissions import DIR_MODE, lock_tree, locked_dir_mode
 from scripts.stage import tree_size
 
 log = logging.getLogger("install")
+
+
+class InstallError(Exception):
+    """The exposure cannot be installed this run; the message is one line."""
 
 
 def night_directory(stream: Stream, night: str) -> Path:
@@ -31,34 +40,44 @@ def night_directory(stream: Stream, night: str) -> Path:
     path = stream.destination / night
     if not path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, DIR_MODE)
+        path.chmod(DIR_MODE)
     return path
 
 
-def move_into_place(staging: Path, destination: Path) -> None:
-    """Rename `staging` to `destination`; copy then rename across file systems."""
-    parent = destination.parent
-    mode = parent.stat().st_mode
-    # A night already backed up has lost user-write; a late exposure still goes in.
-    writable = mode & stat.S_IWUSR
-    if not writable:
-        os.chmod(parent, stat.S_IMODE(mode) | stat.S_IWUSR)
-    try:
-        try:
-            os.rename(staging, destination)
-        except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
-            temporary = parent / f".{destination.name}.installing"
-            if temporary.exists():
-                shutil.rmtree(temporary)  # left by a killed run: start over
-            shutil.copytree(staging, temporary, symlinks=True)
-            lock_tree(temporary)
-            os.rename(temporary, destination)
-            shutil.rmtree(staging)
-    finally:
-        if not writable:
-            os.chmod(parent, stat.S_IMODE(mode))
+def put_in_place(stream: Stream, night: str, expid: str, checksummed: dict) -> str:
+    """Move the staged or adopted exposure into the archive; say how, in a few words.
+
+    Raises
+    ------
+    InstallError
+        When neither copy can be installed; the staged markers are removed then, so
+        that the next run stages the exposure again.
+    """
+    staging = stream.staging_exposure(night, expid)
+    destination = stream.destination_exposure(night, expid)
+    verified = checksummed.get("outcome") == "verified"
+    recover(stream.destination, night, expid)
+    if staging.is_dir():
+        if not destination.exists():
+            place(staging, stream.destination, night, expid)
+            return "moved from staging"
+        if verified:
+            replace(staging, stream.destination, night, expid)
+            return "replaced the archive's copy with the verified staged copy"
+        discard(staging)
+        return "kept the archive's copy: the staged copy did not verify"
+    if not destination.is_dir():
+        raise InstallError(f"{night}/{expid} is neither in staging ({staging}) nor in the"
+                           " destination; the next run stages it again")
+    if checksummed.get("location") != "destination":
+        # The staged copy went in but the run died before recording it, or it is an
+        # older copy: only a read-only check tells.
+        result = verify_exposure(destination, stream.checksum_name(night, expid))
+        if not result.ok:
+            raise InstallError(f"{night}/{expid} in the archive is not the verified staged"
+                               f" copy ({result.reason()}); the next run stages it again")
+    lock_tree(destination, locked_dir_mode(destination))
+    return "already in place"
 
 
 def install(config: dict, stream: Stream, night: str, expid: str) -> bool:
@@ -66,30 +85,15 @@ def install(config: dict, stream: Stream, night: str, expid: str) -> bool:
     marker = marker_path(config["state"], stream.name, night, expid, "installed")
     checksummed = read_record(marker_path(config["state"], stream.name, night, expid,
                                           "checksummed")) or {}
-    staging = stream.staging_exposure(night, expid)
     destination = stream.destination_exposure(night, expid)
     start = time.monotonic()
     attempt = (read_failure(marker) or {}).get("attempts", 0) + 1
     night_directory(stream, night)
-    if staging.is_dir():
-        if destination.exists():
-            reason = (f"{night}/{expid} is both in staging ({staging}) and in the destination"
-                      f" ({destination}); compare them, keep one, and remove the other")
-            log.error(reason)
-            write_failure(marker, reason, attempt)
-            return False
-        lock_tree(staging)
-        move_into_place(staging, destination)
-        how = "moved from staging"
-    elif destination.is_dir():
-        # Adopted in place, or moved by a run killed before it wrote the marker.
-        lock_tree(destination)
-        how = "already in place"
-    else:
-        reason = (f"{night}/{expid} is neither in staging ({staging}) nor in the destination;"
-                  " the next run stages it again")
-        log.error(reason)
-        write_failure(marker, reason, attempt)
+    try:
+        how = put_in_place(stream, night, expid, checksummed)
+    except InstallError as err:
+        log.error("%s", err)
+        write_failure(marker, str(err), attempt)
         for stage in ("staged", "checksummed"):
             marker_path(config["state"], stream.name, night, expid, stage).unlink(missing_ok=True)
         return False
@@ -99,7 +103,7 @@ def install(config: dict, stream: Stream, night: str, expid: str) -> bool:
     write_marker(marker, {
         "outcome": "installed", "path": str(destination), "bytes": size, "files": files,
         "verification": checksummed.get("outcome", "unknown"), "attempt": attempt,
-        "duration": round(time.monotonic() - start, 3),
+        "how": how, "duration": round(time.monotonic() - start, 3),
     })
     return True
 

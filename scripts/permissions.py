@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Installed directories: group-readable, setgid so new files keep the group.
@@ -37,11 +39,26 @@ def set_tree_modes(top: str | os.PathLike, dir_mode: int, file_mode: int | None)
                     os.chmod(p, file_mode)
 
 
-def lock_tree(top: str | os.PathLike) -> None:
-    """Make an exposure read-only as installed (dirs 0o2750, files 0o440)."""
-    set_tree_modes(top, DIR_MODE, FILE_MODE)
+def lock_tree(top: str | os.PathLike, dir_mode: int = DIR_MODE) -> None:
+    """Make an exposure read-only as installed (dirs `dir_mode`, files 0o440)."""
+    set_tree_modes(top, dir_mode, FILE_MODE)
 
 
-def unlock_tree(top: str | os.PathLike) -> None:
-    """Let the owner write an installed exposure again (for a catch-up sync)."""
-    set_tree_modes(top, DIR_MODE | stat.S_IWUSR, FILE_MODE_UNLOCKED)
+def locked_dir_mode(path: str | os.PathLike) -> int:
+    """The directory mode an existing exposure keeps when it is locked again:
+    0o2550 if it has already lost user-write for tape, else 0o2750."""
+    return DIR_MODE if os.lstat(path).st_mode & stat.S_IWUSR else DIR_MODE_BACKUP
+
+
+@contextmanager
+def writable(directory: str | os.PathLike) -> Iterator[None]:
+    """Give the owner write permission on `directory` for the block, then restore its
+    mode (a night that went to tape is 0o2550, and a late exposure still goes in)."""
+    mode = stat.S_IMODE(os.lstat(directory).st_mode)
+    if not mode & stat.S_IWUSR:
+        os.chmod(directory, mode | stat.S_IWUSR)
+    try:
+        yield
+    finally:
+        if not mode & stat.S_IWUSR:
+            os.chmod(directory, mode)

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 from scripts.remote import rsync_shell, source_spec
 
-#: The original daemon's flags; everything else is added for safety.
-BASE_FLAGS = ("--recursive", "--copy-dirlinks", "--times", "--omit-dir-times")
+#: The original daemon's flags, less ``--copy-dirlinks``: a link inside an exposure is
+#: never followed when copying (see scripts/links.py); only the catch-up's dry run,
+#: which copies nothing, follows the night's published links.
+BASE_FLAGS = ("--recursive", "--times", "--omit-dir-times")
 EXPID_GLOB = "[0-9]" * 8
 _EMPTY_LINE = re.compile(r"^(receiving|sending|sent [0-9]+ bytes|total size)")
 _EXPOSURE_LINE = re.compile(r"^([0-9]{8})/")
@@ -23,6 +25,8 @@ def rsync_command(
     itemize: bool = False,
     delete: bool = False,
     exposures_only: bool = False,
+    follow_dirlinks: bool = False,
+    copy_dest: str | None = None,
 ) -> list[str]:
     """The rsync command copying the contents of `source` into `destination`.
 
@@ -40,6 +44,12 @@ def rsync_command(
     exposures_only : bool
         For a whole night: only the 8-digit exposure directories, so that a stray
         link in the night (one pointing at ``.``, say) is never followed.
+    follow_dirlinks : bool
+        ``--copy-dirlinks``: for the catch-up's dry run over a night of published
+        links only; it copies nothing.
+    copy_dest : str, optional
+        A local directory (an installed exposure) whose unchanged files rsync copies
+        locally instead of fetching; it is only read.
 
     Returns
     -------
@@ -49,6 +59,10 @@ def rsync_command(
     # --timeout ends a transfer whose connection stalls (rsync's own I/O limit);
     # the caller bounds the whole command with remote.transfer_timeout.
     command = ["rsync", *BASE_FLAGS, f"--timeout={int(max(1, remote['timeout']))}"]
+    if follow_dirlinks:
+        command.append("--copy-dirlinks")
+    if copy_dest:
+        command.append(f"--copy-dest={copy_dest}")
     if dry_run:
         command.append("--dry-run")
     if itemize:

@@ -6,6 +6,10 @@ killed rsync leaves a partial staging directory and no marker, and the next run'
 An exposure that is already in the destination without a marker (state lost, or
 installed by the original daemon) is not copied again: it is marked for verification
 in place and adoption.
+
+Every fetch first checks the exposure's links at the mountain (scripts/links.py) and
+copies from the directory the published link resolves to. An exposure whose links
+lead outside it is held: its failure record says why, and a person decides.
 """
 
 import logging
@@ -17,8 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import joblog
-from scripts.commands import run
+from scripts.archive import discard, recover
+from scripts.commands import CommandResult, run
 from scripts.configuration import Stream, get_streams
+from scripts.links import LinkCheckError, UnsafeLinkError, resolve_exposure
 from scripts.markers import marker_path, read_failure, write_failure, write_marker
 from scripts.rsync import rsync_command
 
@@ -38,11 +44,25 @@ def tree_size(top: str | os.PathLike) -> tuple[int, int]:
     return total, files
 
 
-def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Path, delete: bool):
-    """rsync one exposure from the mountain into `into`; return the CommandResult."""
-    command = rsync_command(
-        remote, f"{stream.source.rstrip('/')}/{night}/{expid}", str(into), delete=delete
-    )
+def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Path, delete: bool,
+          copy_dest: Path | None = None) -> CommandResult:
+    """rsync one exposure from the mountain into `into`, after checking its links.
+
+    `into` is staging or a side copy, never the archive; `copy_dest` (an installed
+    exposure) is only read, for the files that did not change.
+
+    Raises
+    ------
+    UnsafeLinkError
+        The exposure's links lead outside it: nothing is copied.
+    LinkCheckError
+        The mountain could not be asked.
+    """
+    if stream.destination in into.parents:
+        raise RuntimeError(f"refusing to rsync into the archive ({into})")
+    real = resolve_exposure(remote, stream.source, night, expid, stream.data_root)
+    command = rsync_command(remote, real, str(into), delete=delete,
+                            copy_dest=str(copy_dest) if copy_dest else None)
     return run(command, timeout=remote["transfer_timeout"])
 
 
@@ -62,6 +82,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
     staging = stream.staging_exposure(night, expid)
     destination = stream.destination_exposure(night, expid)
     start = time.monotonic()
+    recover(stream.destination, night, expid)
     if destination.is_dir() and not staging.exists():
         size, files = tree_size(destination)
         log.info(
@@ -74,10 +95,21 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
             "published": published,
         })
         return True
-    staging.mkdir(parents=True, exist_ok=True)
-    result = fetch(config["remote"], stream, night, expid, staging, delete=True)
     previous = read_failure(marker) or {}
     attempt = previous.get("attempts", 0) + 1
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        result = fetch(config["remote"], stream, night, expid, staging, delete=True)
+    except UnsafeLinkError as err:
+        log.error("%s; held: nothing was copied. Fix the links at the mountain, then remove"
+                  " %s to try again.", err, f"{marker}.failed")
+        write_failure(marker, str(err), attempt, held=True, policy="hold")
+        discard(staging)
+        return False
+    except LinkCheckError as err:
+        log.error("%s (attempt %d)", err, attempt)
+        write_failure(marker, str(err), attempt, timed_out=err.timed_out)
+        return False
     if not result.ok:
         reason = f"rsync problem ({result.describe()}) detected for {night}/{expid}"
         log.error("%s, check logs! (attempt %d)", reason, attempt)

@@ -1,9 +1,16 @@
 """Verify an exposure against its SHA-256 checksum file, fetching again what is wrong.
 
 Run by rule ``verify_exposure``. Each attempt verifies every file; after a failed
-attempt the mismatched files are removed and the exposure is fetched again (rsync
-then copies only what is missing), up to ``verify.max_attempts``. When the attempts
-are exhausted ``verify.on_failure`` decides:
+attempt the mismatched files are removed *from the staging copy* and the exposure is
+fetched again (rsync then copies only what is missing), up to ``verify.max_attempts``.
+
+Verification never writes into the archive. An exposure adopted in place (found in
+the destination without a marker) is only read there; if it fails, a staging copy is
+built from the archive's files that did verify, completed from the mountain, and
+verified; install then swaps it in whole. If the mountain has purged its copy, the
+archive keeps the bytes it has and the failure stays recorded.
+
+When the attempts are exhausted ``verify.on_failure`` decides:
 
 ``install``
     DESI's choice, the data must flow: the marker is written with outcome
@@ -14,15 +21,20 @@ are exhausted ``verify.on_failure`` decides:
 """
 
 import logging
+import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import joblog
+from scripts.archive import discard
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import Stream, get_streams
+from scripts.links import LinkCheckError, UnsafeLinkError
 from scripts.markers import (
     failure_path,
     marker_path,
@@ -32,7 +44,6 @@ from scripts.markers import (
     write_json_atomic,
     write_marker,
 )
-from scripts.permissions import lock_tree, unlock_tree
 from scripts.stage import fetch
 
 log = logging.getLogger("verify")
@@ -48,37 +59,60 @@ def exposure_directory(config: dict, stream: Stream, night: str, expid: str) -> 
 
 
 def refetch(config: dict, stream: Stream, night: str, expid: str, directory: Path,
-            location: str, mismatched: list[str]) -> None:
-    """Remove the mismatched files and fetch the exposure again.
+            mismatched: list[str]) -> None:
+    """Remove the mismatched files from the copy `directory` and fetch it again.
 
     rsync's quick check (size and time) would keep a corrupted file of the right
     size, so the bad copies are deleted first; rsync then fetches only those and the
-    missing ones.
+    missing ones. `directory` is staging or a side copy: `fetch` refuses the archive.
     """
-    in_destination = location == "destination"
-    if in_destination:
-        unlock_tree(directory)
     for name in mismatched:
         (directory / name).unlink(missing_ok=True)
-    result = fetch(config["remote"], stream, night, expid, directory, delete=not in_destination)
-    if in_destination:
-        lock_tree(directory)
+    try:
+        result = fetch(config["remote"], stream, night, expid, directory, delete=True)
+    except (UnsafeLinkError, LinkCheckError) as err:
+        log.error("fetching %s/%s again failed: %s", night, expid, err)
+        return
     if not result.ok:
         log.error("fetching %s/%s again failed: %s", night, expid, result.describe())
 
 
+def copy_good_files(archive: Path, staging: Path, bad: set[str]) -> int:
+    """Seed `staging` with the archive's files except `bad` (times kept, so rsync's
+    quick check skips them); return how many. The archive is only read."""
+    discard(staging)
+    copied = 0
+    for dirpath, dirnames, filenames in os.walk(archive):
+        relative = Path(dirpath).relative_to(archive)
+        (staging / relative).mkdir(parents=True, exist_ok=True)
+        os.chmod(staging / relative, 0o750)
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or str(relative / name).removeprefix("./") in bad:
+                continue
+            shutil.copy2(path, staging / relative / name)
+            os.chmod(staging / relative / name, 0o640)
+            copied += 1
+    return copied
+
+
 def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
-                        directory: Path, location: str, threads: int, first: int = 1,
-                        record_failure=None) -> tuple[VerificationResult, int]:
+                        directory: Path, threads: int, first: int = 1,
+                        record_failure: Callable | None = None,
+                        to_staging: Callable | None = None,
+                        ) -> tuple[VerificationResult, int, Path]:
     """Verify, fetching again what is wrong, until it passes or attempts run out.
 
     `record_failure(result, attempt)` is called after each failed attempt, so that a
-    run killed in between leaves the count behind.
+    run killed in between leaves the count behind. When `directory` is in the
+    archive, `to_staging(result)` must give the staging copy to fetch into instead.
 
     Returns
     -------
-    (VerificationResult, int)
-        The last result and the attempt number it came from.
+    (VerificationResult, int, Path)
+        The last result, the attempt number it came from, and the directory it
+        verified (staging, once an archive copy failed).
     """
     max_attempts = config["verify"]["max_attempts"]
     checksum_name = stream.checksum_name(night, expid)
@@ -86,14 +120,16 @@ def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
     while True:
         result = verify_exposure(directory, checksum_name, threads=threads)
         if result.ok:
-            return result, attempt
+            return result, attempt, directory
         log.error("checksum error(s) detected for %s/%s (attempt %d of %d): %s",
                   night, expid, attempt, max_attempts, result.reason())
         if record_failure is not None:
             record_failure(result, attempt)
         if attempt >= max_attempts:
-            return result, attempt
-        refetch(config, stream, night, expid, directory, location, result.mismatched)
+            return result, attempt, directory
+        if stream.destination in directory.parents:
+            directory = to_staging(result)
+        refetch(config, stream, night, expid, directory, result.mismatched)
         attempt += 1
 
 
@@ -111,6 +147,13 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
     directory, location = exposure_directory(config, stream, night, expid)
     previous = read_failure(marker) or {}
     done = previous.get("attempts", 0)
+    if not directory.is_dir():
+        reason = (f"{night}/{expid}: the staged copy {directory} is gone; the next run"
+                  " stages it again")
+        log.error(reason)
+        write_failure(marker, reason, done + 1, location=location)
+        marker_path(config["state"], stream.name, night, expid, "staged").unlink(missing_ok=True)
+        return False
     # A run killed mid-verification goes on counting; an exhausted record (released by
     # a person, or from a run with another policy) starts afresh.
     first = done + 1 if 0 < done < max_attempts else 1
@@ -120,8 +163,24 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
         write_failure(marker, result.reason(), attempt, **result.to_record(),
                       location=location, exhausted=attempt >= max_attempts)
 
-    result, attempt = verify_with_retries(config, stream, night, expid, directory, location,
-                                          threads, first, record_failure)
+    def to_staging(result: VerificationResult) -> Path:
+        """The adopted archive copy failed: rebuild it in staging, and say so in the
+        staged marker so that a run killed now goes on there."""
+        nonlocal location
+        staging = stream.staging_exposure(night, expid)
+        copied = copy_good_files(directory, staging, set(result.mismatched))
+        log.warning("%s/%s in the archive failed verification: building a copy in %s from"
+                    " its %d good files and the mountain; the archive is not touched",
+                    night, expid, staging, copied)
+        staged = marker_path(config["state"], stream.name, night, expid, "staged")
+        write_marker(staged, {**(read_record(staged) or {}), "location": "staging",
+                              "outcome": "refetched to replace the archive's copy",
+                              "seeded_from_archive": copied})
+        location = "staging"
+        return staging
+
+    result, attempt, directory = verify_with_retries(
+        config, stream, night, expid, directory, threads, first, record_failure, to_staging)
     if result.ok:
         log.info("%s/%s verified: %d files, %d bytes (attempt %d)", night, expid,
                  result.files, result.bytes, attempt)

@@ -72,7 +72,7 @@ def test_kill_file_stops_at_once(site):
 def test_second_invocation_while_a_run_holds_the_lock_exits_at_once(site):
     site.exposure("00004010")
     site.state.mkdir()
-    with open(site.state / ".cron.lock", "a") as held:
+    with open(site.state / ".run.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running cron entry would
         start = time.monotonic()
         result = cron(site)
@@ -99,7 +99,7 @@ def test_run_logs_rotates_and_prunes_and_keeps_files_private(site):
     assert (logs / "desi_transfer.log.1").stat().st_size > 10 * 2**20
     assert "run finished" in cron_log(site)
     assert len(list(old.glob("*.snakemake.log"))) == 50
-    for path in (site.state / ".cron.lock", logs / "desi_transfer.log",
+    for path in (site.state / ".run.lock", logs / "desi_transfer.log",
                  site.marker(NIGHT, "00004020", "installed")):
         assert stat.S_IMODE(path.stat().st_mode) & 0o022 == 0, path
 
@@ -192,8 +192,9 @@ def test_checksum_lock_is_logged_once_per_run_not_as_an_error(site):
 def test_hung_rsync_ends_as_a_timed_out_failure(site, sshd):
     site.exposure("00004070")
     site.exposure("00004071", night="20261126")
+    # The link check before each rsync is the first remote call: it must time out too.
     site.config["remote"].update(host=sshd["host"], ssh=sshd["ssh"], listing_cache=3600,
-                                 transfer_timeout=3)
+                                 transfer_timeout=3, timeout=3)
     site.run("-n")  # lists over the real sshd and caches the listing
     with socket.socket() as silent:  # then the mountain stops answering
         silent.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -26,6 +27,37 @@ def tree(path: Path) -> dict[str, tuple[int, str]]:
             out[str(p.relative_to(path))] = (stat.S_IMODE(p.stat().st_mode),
                                              hashlib.sha256(p.read_bytes()).hexdigest())
     return out
+
+
+def processes_mentioning(path: Path) -> list[int]:
+    """Pids whose command line names `path` (a test's own temporary directory)."""
+    needle = os.fsencode(str(path))
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for_exit(pids: list[int], timeout: float) -> None:
+    """Block until every process in `pids` has ended (pidfd + poll: no sleeping);
+    fail the test if one is still alive after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            left = max(0.0, deadline - time.monotonic())
+            assert poller.poll(left * 1000), f"process {pid} outlived its run"
+        finally:
+            os.close(fd)
 
 
 def test_normal_night_is_installed_read_only_then_nothing_to_do(site):
@@ -229,16 +261,19 @@ def test_sigkill_during_rsync_is_completed_by_the_next_run(site):
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.005)
+    survivors = processes_mentioning(staging)
+    assert survivors, "rsync was not running"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    # rsync runs in a session of its own; it must die with the job that started it.
+    wait_for_exit(survivors, timeout=10)
     assert not site.marker(NIGHT, "00001130", "staged").exists()
     assert not site.installed(NIGHT, "00001130").exists()
-    assert list((site.root / ".snakemake" / "locks").iterdir())  # stale: plain snakemake refuses
+    assert not list((site.root / ".snakemake").glob("locks/*"))  # nothing stale to clear
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "cron_entry.py"),
                              str(site.write_config())],
                             cwd=site.root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "stale Snakemake lock" in (site.state / "logs" / "desi_transfer.log").read_text()
     assert site.record(NIGHT, "00001130", "checksummed")["outcome"] == "verified"
     assert sorted(p.name for p in site.installed(NIGHT, "00001130").iterdir()) == \
         sorted([*big, "checksum-00001130.sha256sum"])
