@@ -187,14 +187,15 @@ def add_verification(result: VerificationResult, findings: Findings) -> None:
     """Turn `verify_exposure`'s lists into findings, one per file."""
     checksum = result.checksum_name
     if result.checksum_file_missing:
-        why = result.checksum_error or "missing"
+        error = result.checksum_error
+        why = f"unreadable ({error})" if error else "missing"
         findings.add(EXPOSURE, f"checksum file {checksum} {why}: {len(result.unlisted)}"
                                " files cannot be verified")
         return
     for number, _ in result.malformed:
         findings.add(checksum, f"line {number} is malformed")
     for name in result.unsafe:
-        findings.add(checksum, f"lists an unsafe name {name!r}")
+        findings.add(checksum, f"lists an unsafe name {name}")
     for name in result.mismatched:
         note = result.errors.get(name)
         findings.add(name, f"cannot be verified ({note})" if note

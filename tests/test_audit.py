@@ -148,6 +148,14 @@ def make_night_writable_by_group(site: Site) -> None:
     os.chmod(site.destination / OTHER, 0o2770)
 
 
+def remove_checksum_file(site: Site) -> None:
+    (site.installed(NIGHT, "00001003") / checksum("00001003")).unlink()
+
+
+def open_exposure_to_others(site: Site) -> None:
+    os.chmod(site.installed(OTHER, "00000901"), 0o2755)
+
+
 TAMPERING: dict[str, tuple[Callable[[Site], None], str]] = {
     "flipped byte": (flip_a_byte, f"{NIGHT}/00001001: desi-00001001.fits.fz: content differs"
                                   f" from {checksum('00001001')}"),
@@ -164,6 +172,11 @@ TAMPERING: dict[str, tuple[Callable[[Site], None], str]] = {
                        " (resolves outside the directory); symbolic link to /etc/hostname"),
     "removed exposure": (remove_exposure, f"{NIGHT}/00001002: has an .installed marker but"
                                           " its exposure directory is missing"),
+    "checksum file removed": (remove_checksum_file,
+                              f"{NIGHT}/00001003: checksum file {checksum('00001003')}"
+                              " missing: 3 files cannot be verified"),
+    "exposure mode": (open_exposure_to_others,
+                      f"{OTHER}/00000901: directory mode 0o2755, expected 0o2750"),
     "night mode": (make_night_writable_by_group,
                    f"{OTHER}: night directory mode 0o2770, expected 0o2750"),
 }
