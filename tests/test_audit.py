@@ -258,8 +258,10 @@ def test_a_night_on_tape_passes_then_an_exposure_missing_from_its_archive_is_fou
     back_up(site)
     assert stat.S_IMODE((site.destination / NIGHT).stat().st_mode) == 0o2550
     assert stat.S_IMODE(site.installed(NIGHT, "00001102").stat().st_mode) == 0o2550
+    before = snapshot(site.destination, site.state)
     result = audit(site.write_config())
     assert (result.returncode, result.stdout) == (0, b""), result.stdout
+    assert snapshot(site.destination, site.state) == before
     index = tape / "desi/spectro/data" / f"{ARCHIVE}.idx"
     index.write_text("".join(line for line in index.read_text().splitlines(keepends=True)
                              if "/00001102/" not in line))
