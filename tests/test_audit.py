@@ -192,6 +192,14 @@ def test_each_tampering_gives_exactly_its_line(archive, case):
     assert result.stderr.decode().rstrip().endswith(", 1 problems")
 
 
+def test_a_night_directory_gone_with_its_markers_left_is_one_line(archive):
+    shutil.rmtree(archive.destination / OTHER)
+    result = audit(archive.config_file)
+    assert lines(result) == [f"{STREAM} {OTHER}: night directory {archive.destination / OTHER}"
+                             " is missing, but 1 exposures have .installed markers"]
+    assert result.returncode == 1
+
+
 def test_an_exposure_without_a_marker_is_audited_but_not_a_problem(archive):
     archive.marker(NIGHT, "00001003", "installed").unlink()
     result = audit(archive.config_file)
