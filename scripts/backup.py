@@ -5,16 +5,20 @@ the night is caught up and its exposures are installed. The archive of a night i
 ``HPSSDIR/NAME.tar`` with ``NAME = <hpss with / replaced by _>_NIGHT`` (the original's
 naming, e.g. ``desi/spectro/data/desi_spectro_data_20261128.tar``).
 
-1. List HPSSDIR (``hsi -O FILE ls -l``): if the night's ``.tar`` and ``.tar.idx`` are
-   both there and nothing is recorded, the night is adopted as backed up.
+1. List HPSSDIR (``hsi -O FILE ls -l``). Archives of the night that are complete there
+   (``.tar`` *and* ``.tar.idx``) but in no record are adopted: their exposures are read
+   from their member lists (``htar -tvf``, or the tar backend's index), never assumed.
+   Exposures they lack go into the next supplementary archive, on the next run.
 2. Otherwise a final catch-up, user-write removed from the night's directories
    (``0o2550``), and ``htar -cvhf HPSSDIR/NAME.tar -H crc:verify=all NIGHT`` from the
-   destination.
-3. Backed up only if htar exited 0 *and* a fresh listing shows both files.
+   destination. A ``.tar`` left without its ``.idx`` by a failed attempt is written
+   again under the same name (htar overwrites it); a complete archive never is.
+3. Backed up only if htar exited 0 *and* a fresh listing shows both files. The record's
+   exposures are those htar reports it archived.
 
-An archive is never overwritten: exposures installed after their night went to tape
-go into a supplementary archive ``NAME.1.tar``, ``NAME.2.tar``, …, and the record lists
-every archive with the exposures it holds.
+Exposures installed after their night went to tape go into a supplementary archive
+``NAME.1.tar``, ``NAME.2.tar``, …; the night's record lists every archive with the
+exposures it holds.
 """
 
 import logging
@@ -29,7 +33,7 @@ from scripts import joblog
 from scripts.catch_up import CatchUpError, catch_up_night
 from scripts.commands import run
 from scripts.configuration import Stream, get_streams
-from scripts.hpss import BackupError, hsi_list, htar_command
+from scripts.hpss import BackupError, hsi_list, htar_command, htar_members, parse_htar_created
 from scripts.markers import (
     marker_path,
     read_failure,
@@ -40,7 +44,7 @@ from scripts.markers import (
     write_marker,
 )
 from scripts.permissions import DIR_MODE_BACKUP, set_tree_modes
-from scripts.tar_archive import list_archives, write_archive
+from scripts.tar_archive import archive_members, list_archives, write_archive
 from scripts.targets import not_backed_up
 
 log = logging.getLogger("backup")
@@ -57,25 +61,71 @@ def archive_name(stream: Stream, night: str, index: int) -> str:
     return f"{archive_base(stream, night)}{suffix}.tar"
 
 
-def next_archive_index(stream: Stream, night: str, history: list[dict],
-                       listing: dict[str, int]) -> int:
-    """The first archive index at or after the recorded ones that is free on tape.
+def exposures_in(members: list[str], night: str) -> set[str]:
+    """The exposures of `night` an archive holds, from its member paths.
 
-    A ``.tar`` without its ``.idx`` (a failed earlier attempt) is left for a person:
-    never overwritten.
+    Parameters
+    ----------
+    members : list of str
+        Member paths as stored in the archive, relative to the destination
+        (``20261127/00001234/desi-00001234.fits.fz``; a leading ``./`` is allowed).
+    night : str
+        ``YYYYMMDD``.
+
+    Returns
+    -------
+    set of str
+        The 8-digit EXPIDs with at least one member *below* ``NIGHT/EXPID/``: an
+        exposure is held when its files are. A bare directory entry (``NIGHT/EXPID/``)
+        holds no data and does not count; other nights and other names never do.
     """
-    index = len(history)
+    held = set()
+    for member in members:
+        while member.startswith("./"):
+            member = member[2:]
+        parts = member.split("/", 2)
+        if (len(parts) == 3 and parts[0] == night and parts[2].strip("/")
+                and len(parts[1]) == 8 and parts[1].isdigit() and parts[1].isascii()):
+            held.add(parts[1])
+    return held
+
+
+def archive_complete(listing: dict[str, int], name: str) -> bool:
+    """Both the archive and its index are in the archive directory."""
+    return name in listing and f"{name}.idx" in listing
+
+
+def plan_archives(stream: Stream, night: str, history: list[dict],
+                  listing: dict[str, int]) -> tuple[list[str], int]:
+    """What is on tape for `night` beyond its record, and where the next archive goes.
+
+    Pure: it reads the archive directory's listing only.
+
+    Returns
+    -------
+    (list of str, int)
+        The complete archives of the night (index 0, 1, … in order, up to the first
+        index neither recorded nor complete) that no record in `history` lists: to
+        adopt. And that first index: the next archive to write. Its name is free, or
+        holds a ``.tar`` without its ``.idx`` (a failed attempt, written again under
+        the same name); a complete archive is never overwritten.
+    """
+    recorded = {archive.get("name") for archive in history}
+    found, index = [], 0
     while True:
         name = archive_name(stream, night, index)
-        if name not in listing and f"{name}.idx" not in listing:
-            return index
-        log.warning("%s is already in the archive without a record: left untouched",
-                    name)
+        if name in recorded:
+            pass
+        elif archive_complete(listing, name):
+            found.append(name)
+        else:
+            return found, index
         index += 1
 
 
 class Tape:
-    """The configured backend: list the archive directory, write one archive."""
+    """The configured backend: list the archive directory, list an archive's members,
+    write one archive."""
 
     def __init__(self, config: dict, stream: Stream):
         self.backup = config["backup"]
@@ -84,14 +134,41 @@ class Tape:
             self.directory = Path(self.backup["archive"]).absolute() / stream.hpss
 
     def listing(self) -> dict[str, int]:
+        """The files of the archive directory (HPSSDIR): name → size."""
         if self.backup["backend"] == "tar":
             return list_archives(self.directory)
         return hsi_list(self.backup["hpss_bin"], self.stream.hpss, self.backup["timeout"])
 
-    def write(self, name: str, members: list[str]) -> dict:
+    def members(self, name: str) -> list[str]:
+        """The regular files archive `name` holds, as stored in it.
+
+        Paths are relative to the stream's destination, as archived from there
+        (``20261127/00001234/desi-00001234.fits.fz``). Directories are *not* included,
+        nor htar's own consistency member. Read from the archive itself: ``htar -tvf
+        HPSSDIR/NAME`` (the index on tape), or the tar backend's index ``NAME.idx``.
+
+        Raises
+        ------
+        BackupError
+            The archive cannot be listed (no index, htar failed or timed out).
+        """
+        if self.backup["backend"] == "tar":
+            return archive_members(self.directory, name)
+        return htar_members(self.backup["hpss_bin"], f"{self.stream.hpss}/{name}",
+                            self.backup["timeout"])
+
+    def write(self, name: str, members: list[str]) -> list[str]:
+        """Write archive `name` from `members` (paths relative to the destination).
+
+        Returns
+        -------
+        list of str
+            The regular files archived, as `members` would list them: htar's own
+            report of what it added (``-v``), or the verified tar index.
+        """
         cwd = self.stream.destination
         if self.backup["backend"] == "tar":
-            return write_archive(self.directory, name, cwd, members)
+            return write_archive(self.directory, name, cwd, members)["members"]
         command = htar_command(self.backup["hpss_bin"], f"{self.stream.hpss}/{name}", members)
         result = run(command, timeout=self.backup["timeout"], cwd=cwd)
         if not result.ok:
@@ -99,29 +176,58 @@ class Tape:
                               f" {' '.join(command)}")
         if result.stderr.strip():
             log.warning("htar exited 0 but wrote to stderr: %s", result.stderr.strip()[-500:])
-        return {"members": sum(1 for line in result.stdout.splitlines()
-                               if line.startswith("HTAR: a "))}
+        return parse_htar_created(result.stdout)
+
+
+def adopt_archive(tape: Tape, stream: Stream, night: str, name: str,
+                  listing: dict[str, int]) -> dict:
+    """The record of a complete archive found on tape without one, from its members."""
+    files = tape.members(name)
+    held = exposures_in(files, night)
+    log.info("%s/%s is on tape with its .idx and in no record: adopted, holding %d"
+             " exposure(s) of %s (%s).", stream.hpss, name, len(held), night,
+             ", ".join(sorted(held)) or "none")
+    return {"name": name, "path": f"{stream.hpss}/{name}", "size": listing[name],
+            "members": len(files), "exposures": sorted(held), "time": utc_timestamp(),
+            "adopted": True}
 
 
 def write_and_confirm(tape: Tape, stream: Stream, night: str, index: int,
-                      members: list[str], expids: list[str]) -> dict:
-    """Write archive `index` of the night and confirm both files are in the archive."""
+                      members: list[str], expids: list[str], listing: dict[str, int]) -> dict:
+    """Write archive `index` of the night and confirm both files are in the archive.
+
+    The record's exposures are those the archive holds by htar's (or tar's) own
+    account of what it wrote, not `expids`.
+    """
     start = time.monotonic()
     name = archive_name(stream, night, index)
+    if name in listing:
+        log.warning("%s/%s is on tape without its .idx (an earlier attempt failed):"
+                    " writing it again.", stream.hpss, name)
     log.info("Backing up %s to %s/%s (%s)", night, stream.hpss, name, ", ".join(members))
-    written = tape.write(name, members)
+    files = tape.write(name, members)
     after = tape.listing()
-    if name not in after or f"{name}.idx" not in after:
+    if not archive_complete(after, name):
         raise BackupError(f"{stream.hpss}/{name} and its .idx are not both in the archive"
                           " after the backup; it will be tried again")
+    held = exposures_in(files, night)
+    absent = sorted(set(expids) - held)
+    if absent:
+        log.error("%s/%s does not hold %s although they were to be archived; they are"
+                  " not recorded as on tape.", stream.hpss, name, ", ".join(absent))
     return {"name": name, "path": f"{stream.hpss}/{name}", "size": after[name],
-            "members": written.get("members"), "exposures": sorted(expids),
+            "members": len(files), "exposures": sorted(held),
             "time": utc_timestamp(), "duration": round(time.monotonic() - start, 3)}
+
+
+def held_by(archives: list[dict]) -> list[str]:
+    """Every exposure the `archives` hold, sorted."""
+    return sorted({e for archive in archives for e in archive.get("exposures", [])})
 
 
 def back_up_night(config: dict, stream: Stream, night: str, expids: list[str],
                   held: list[str], threads: int = 2) -> dict:
-    """Put `night` on tape for the first time; return the marker record.
+    """Put `night` on tape for the first time, or adopt what is there; return the record.
 
     Parameters
     ----------
@@ -130,6 +236,14 @@ def back_up_night(config: dict, stream: Stream, night: str, expids: list[str],
     held : list of str
         Exposures held by policy: named in the record, not archived.
 
+    Returns
+    -------
+    dict
+        The night's record. When archives of the night are already complete on tape,
+        ``outcome`` is "adopted" and the record lists what their members hold; the
+        exposures of `expids` they lack (``not_on_tape``) go into the next
+        supplementary archive on the next run.
+
     Raises
     ------
     BackupError
@@ -137,56 +251,70 @@ def back_up_night(config: dict, stream: Stream, night: str, expids: list[str],
     """
     tape = Tape(config, stream)
     listing = tape.listing()
-    first = archive_name(stream, night, 0)
-    if first in listing and f"{first}.idx" in listing:
-        log.info("Backup of %s already complete (%s and its .idx are in %s): adopted.",
-                 night, first, stream.hpss)
-        return {"outcome": "adopted", "archives": [{
-            "name": first, "path": f"{stream.hpss}/{first}", "size": listing[first],
-            "exposures": sorted(expids), "time": utc_timestamp(), "adopted": True}],
-            "exposures": sorted(expids), "held": held}
+    found, index = plan_archives(stream, night, [], listing)
+    if found:
+        archives = [adopt_archive(tape, stream, night, name, listing) for name in found]
+        record = {"outcome": "adopted", "archives": archives,
+                  "exposures": held_by(archives), "held": held}
+        missing = not_backed_up(expids, archives)
+        if missing:
+            record["not_on_tape"] = missing
+            log.warning("Backup of %s adopted from %s, which lack(s) %s: they go into the"
+                        " next supplementary archive (%s).", night, ", ".join(found),
+                        ", ".join(missing), archive_name(stream, night, index))
+        return record
     try:
         final_catch_up = catch_up_night(config, stream, night, threads)
     except CatchUpError as err:
         raise BackupError(f"final catch-up before backup failed: {err}") from None
     set_tree_modes(stream.destination / night, DIR_MODE_BACKUP, None)
-    index = next_archive_index(stream, night, [], listing)
-    archive = write_and_confirm(tape, stream, night, index, [night], expids)
-    return {"outcome": "backed up", "archives": [archive], "exposures": sorted(expids),
-            "held": held,
+    archive = write_and_confirm(tape, stream, night, index, [night], expids, listing)
+    return {"outcome": "backed up", "archives": [archive],
+            "exposures": archive["exposures"], "held": held,
             "final_catch_up": {k: final_catch_up[k] for k in ("outcome", "changed_files")}}
 
 
 def back_up_late_exposures(config: dict, stream: Stream, night: str, expids: list[str],
                            main_marker: Path) -> dict:
-    """Archive the exposures installed after their night went to tape.
+    """Archive the exposures of the night that no archive holds yet.
 
     They go into the next supplementary archive; the night's record (`main_marker`)
-    gains it, so that one record lists every archive of the night.
+    gains it, so that one record lists every archive of the night. A complete
+    supplementary archive found on tape without a record (state lost after it was
+    written) is adopted first, from its members.
 
     Returns
     -------
     dict
-        The supplementary archive's record.
+        The supplementary stage's record: the archives it wrote or adopted.
     """
     record = read_record(main_marker)
     if record is None:
         raise BackupError(f"{main_marker} is missing: the night's first backup comes first")
-    history = record.get("archives", [])
-    missing = not_backed_up(expids, history)
-    if not missing:
-        return {"outcome": "nothing to add", "archives": []}
     tape = Tape(config, stream)
-    index = next_archive_index(stream, night, history, tape.listing())
-    night_dir = stream.destination / night
-    set_tree_modes(night_dir, DIR_MODE_BACKUP, None)
-    archive = write_and_confirm(tape, stream, night, index,
-                                [f"{night}/{e}" for e in missing], missing)
-    record["archives"] = [*history, archive]
-    record["exposures"] = sorted({*record.get("exposures", []), *missing})
+    listing = tape.listing()
+    found, index = plan_archives(stream, night, record.get("archives", []), listing)
+    adopted = [adopt_archive(tape, stream, night, name, listing) for name in found]
+    history = [*record.get("archives", []), *adopted]
+    missing = not_backed_up(expids, history)
+    written = []
+    if missing:
+        set_tree_modes(stream.destination / night, DIR_MODE_BACKUP, None)
+        written.append(write_and_confirm(tape, stream, night, index,
+                                         [f"{night}/{e}" for e in missing], missing,
+                                         listing))
+    if not adopted and not written:
+        return {"outcome": "nothing to add", "archives": []}
+    record["archives"] = [*history, *written]
+    record["exposures"] = held_by(record["archives"])
+    left = not_backed_up(expids, record["archives"])
+    if left:
+        record["not_on_tape"] = left
+    else:
+        record.pop("not_on_tape", None)
     write_json_atomic(main_marker, record)
-    return {"outcome": "backed up", "supplementary": True, "archives": [archive],
-            "exposures": missing}
+    return {"outcome": "backed up" if written else "adopted", "supplementary": True,
+            "archives": [*adopted, *written], "exposures": held_by([*adopted, *written])}
 
 
 def run_backup(config: dict, stream: Stream, night: str, marker: Path, expids: list[str],

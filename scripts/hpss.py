@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
+import re
 import tempfile
 from pathlib import Path
 
@@ -87,3 +89,93 @@ def hsi_list(hpss_bin: str, directory: str, timeout: float) -> dict[str, int]:
 def htar_command(hpss_bin: str, archive: str, members: list[str]) -> list[str]:
     """The original's htar command line: create, verbose, follow links, verify CRCs."""
     return [os.path.join(hpss_bin, "htar"), "-cvhf", archive, "-H", "crc:verify=all", *members]
+
+
+def htar_list_command(hpss_bin: str, archive: str) -> list[str]:
+    """``htar -tvf ARCHIVE``: the members, read from the archive's index on tape."""
+    return [os.path.join(hpss_bin, "htar"), "-tvf", archive]
+
+
+#: htar's own consistency member, written last into every archive it creates
+#: (``/tmp/HTAR_CF_CHK_<pid>_<epoch>``, or under the scratch directory of the host).
+CONSISTENCY_PREFIX = "HTAR_CF_CHK_"
+SUCCESS_LINE = "HTAR: HTAR SUCCESSFUL"
+#: One member of an ``htar -tv`` listing, as real htar prints it::
+#:
+#:     HTAR: -rw-r--r--  desi/desi       3000 2026-11-28 01:02  20261127/00001234/x.fits.fz
+#:     HTAR: drwxr-s---  desi/desi          0 2026-11-28 01:02  20261127/00001234/
+#:
+#: mode, owner/group, size, date, time, name (the rest of the line: it may hold spaces).
+_MEMBER_LINE = re.compile(
+    r"HTAR: (?P<mode>[-dlbcps][-rwxsStT]{9})[.+@]?\s+\S+\s+(?P<size>\d+)"
+    r"\s+\d{4}-\d{2}-\d{2}\s+\d{2}:\d{2}(?::\d{2})?\s+(?P<name>.+)"
+)
+#: What a member line starts with; such a line that `_MEMBER_LINE` cannot read is an
+#: error, never skipped: a record must not silently miss a member.
+_MEMBER_START = re.compile(r"HTAR: [-dlbcps][-r][-w]")
+
+
+def is_consistency_member(name: str) -> bool:
+    """Whether `name` is htar's consistency member rather than data."""
+    return posixpath.basename(name.rstrip("/")).startswith(CONSISTENCY_PREFIX)
+
+
+def parse_htar_listing(text: str) -> list[str]:
+    """The regular files an ``htar -tv`` listing shows, in archive order.
+
+    Directories (mode ``d``, name ending in ``/``) and htar's consistency member are
+    left out; other lines (``HTAR: Listing complete for …``, ``HTAR: HTAR
+    SUCCESSFUL``) are not members.
+
+    Raises
+    ------
+    BackupError
+        For a line that looks like a member but cannot be read.
+    """
+    files = []
+    for line in text.splitlines():
+        line = line.rstrip("\r\n")
+        if not _MEMBER_START.match(line):
+            continue
+        match = _MEMBER_LINE.fullmatch(line)
+        if match is None:
+            raise BackupError(f"cannot read this line of an htar listing: {line[:200]}")
+        name, mode = match["name"], match["mode"]
+        if mode[0] == "l":
+            name = name.split(" -> ", 1)[0]
+        if mode[0] == "-" and not is_consistency_member(name):
+            files.append(name)
+    return files
+
+
+def parse_htar_created(text: str) -> list[str]:
+    """The regular files an ``htar -cv`` run reports it added (``HTAR: a   NAME``).
+
+    Directories (their names end in ``/``) and the consistency member are left out.
+    """
+    files = []
+    for line in text.splitlines():
+        if line.startswith("HTAR: a "):
+            name = line[len("HTAR: a "):].strip()
+            if name and not name.endswith("/") and not is_consistency_member(name):
+                files.append(name)
+    return files
+
+
+def htar_members(hpss_bin: str, archive: str, timeout: float) -> list[str]:
+    """The regular files of `archive` on tape (``htar -tvf``), as stored in it.
+
+    Raises
+    ------
+    BackupError
+        htar failed, timed out, or did not end its listing with ``HTAR SUCCESSFUL``.
+    """
+    command = htar_list_command(hpss_bin, archive)
+    result = run(command, timeout=timeout)
+    if not result.ok:
+        raise BackupError(f"cannot list {archive} ({result.describe()}); command was:"
+                          f" {' '.join(command)}")
+    if SUCCESS_LINE not in result.stdout.splitlines():
+        raise BackupError(f"htar listed {archive} without {SUCCESS_LINE!r}: the listing may"
+                          " be incomplete")
+    return parse_htar_listing(result.stdout)

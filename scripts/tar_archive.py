@@ -38,7 +38,8 @@ def write_archive(directory: Path, name: str, cwd: Path, members: list[str]) -> 
     Returns
     -------
     dict
-        ``size`` and ``members`` (regular files archived).
+        ``size``, and ``members``: the regular files archived, as stored (relative to
+        `cwd`), in archive order.
     """
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name
@@ -61,7 +62,7 @@ def write_archive(directory: Path, name: str, cwd: Path, members: list[str]) -> 
         f.writelines(json.dumps(entry, sort_keys=True) + "\n" for entry in index)
     os.replace(partial, final)
     os.replace(directory / f".{name}.idx.partial", directory / f"{name}.idx")
-    return {"size": final.stat().st_size, "members": len(index)}
+    return {"size": final.stat().st_size, "members": [entry["name"] for entry in index]}
 
 
 def _walk(top: Path):
@@ -74,6 +75,28 @@ def _walk(top: Path):
 
 def read_index(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def archive_members(directory: Path, name: str) -> list[str]:
+    """The regular files of archive `name`, as its index ``NAME.idx`` lists them.
+
+    The index is written only after the tarball verified against it, so it is the
+    archive's member list (directories are not in it).
+
+    Raises
+    ------
+    BackupError
+        The index is missing or unreadable.
+    """
+    path = directory / f"{name}.idx"
+    try:
+        return [entry["name"] for entry in read_index(path)]
+    except FileNotFoundError:
+        raise BackupError(f"cannot list {directory / name}: its index {path} is missing"
+                          ) from None
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise BackupError(f"cannot list {directory / name}: its index {path} is unreadable"
+                          f" ({type(err).__name__}: {err})") from None
 
 
 def verify_archive(tar_path: Path, index: list[dict]) -> list[str]:

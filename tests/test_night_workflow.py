@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def test_hpss_inactive_defers_then_backs_up_when_active(site, tape, status_serve
 
 def test_htar_exit_70_is_a_failure_then_succeeds_on_the_retry(site, tape):
     """htar printed HTAR SUCCESSFUL but exited 70: not backed up. Both files are on
-    tape, so the retry adopts them (as the original would) and says why."""
+    tape, so the retry adopts them (as the original would), from the archive's member
+    list, and says why."""
     site.exposure("00003300")
     site.config["now"] = AFTER_BACKUP
     site.env.update(HTAR_FAIL_EXIT="70", HPSS_FAIL_ONCE="1")
@@ -126,25 +128,27 @@ def test_htar_exit_70_is_a_failure_then_succeeds_on_the_retry(site, tape):
     record = site.record(NIGHT, None, "backedup")
     assert record["outcome"] == "adopted" and "status 70" in record["previous_failure"]
     assert [a["name"] for a in record["archives"]] == [tar_name(NIGHT)]
-    assert len(htar_calls(tape)) == 1
+    assert record["exposures"] == ["00003300"]
+    assert [c[1] for c in htar_calls(tape)] == ["-cvhf", "-tvf"]  # written once, then read
     assert not Path(f"{site.marker(NIGHT, None, 'backedup')}.failed").exists()
 
 
-def test_htar_exit_70_without_idx_is_retried_under_a_new_name(site, tape):
-    """A .tar without its .idx is never overwritten: the retry writes NAME.1.tar."""
+def test_htar_exit_70_without_idx_is_retried_under_the_same_name(site, tape):
+    """A .tar without its .idx is a failed attempt, not an archive: the retry writes
+    the whole night again under the same name (htar overwrites it); no NAME.1.tar."""
     site.exposure("00003301")
     site.config["now"] = AFTER_BACKUP
     site.env.update(HTAR_FAIL_EXIT="70", HTAR_FAIL_NOIDX="1", HPSS_FAIL_ONCE="1")
     site.run(check=False)
     assert site.failure(NIGHT, None, "backedup")["attempts"] == 1
-    broken = (tape / HPSS_DIR / tar_name(NIGHT)).read_bytes()
     site.run()
     record = site.record(NIGHT, None, "backedup")
     assert record["outcome"] == "backed up"
-    assert [a["name"] for a in record["archives"]] == [tar_name(NIGHT, 1)]
+    assert [a["name"] for a in record["archives"]] == [tar_name(NIGHT)]
     assert record["archives"][0]["exposures"] == ["00003301"]
-    assert (tape / HPSS_DIR / tar_name(NIGHT)).read_bytes() == broken
-    assert htar_calls(tape)[-1][-1] == NIGHT  # the whole night, under the new name
+    assert (tape / HPSS_DIR / f"{tar_name(NIGHT)}.idx").is_file()
+    assert not (tape / HPSS_DIR / tar_name(NIGHT, 1)).exists()
+    assert htar_calls(tape)[-1] == htar_calls(tape)[0]  # the whole night, same name
 
 
 def test_stderr_with_exit_0_and_no_idx_is_a_failure(site, tape):
@@ -165,17 +169,20 @@ def test_htar_that_hangs_is_ended_by_the_timeout(site, tape):
     assert "timed out" in site.failure(NIGHT, None, "backedup")["reason"]
 
 
-def test_archive_already_on_tape_is_adopted_without_htar(site, tape):
+def test_archive_already_on_tape_is_adopted_from_its_members(site, tape):
+    """Written by the old daemon (here: by htar from the mountain's copy): adopted, its
+    exposures read from its member list, and never written again."""
     site.exposure("00003400")
     site.config["now"] = AFTER_BACKUP
-    (tape / HPSS_DIR).mkdir(parents=True)
-    for name in (tar_name(NIGHT), f"{tar_name(NIGHT)}.idx"):
-        (tape / HPSS_DIR / name).write_bytes(b"already on tape")
+    archive = f"{HPSS_DIR}/{tar_name(NIGHT)}"
+    subprocess.run([site.config["backup"]["hpss_bin"] + "/htar", "-cvhf", archive, NIGHT],
+                   cwd=site.mountain / "data", env=site.env, check=True, capture_output=True)
+    on_tape = (tape / archive).read_bytes()
     site.run()
     record = site.record(NIGHT, None, "backedup")
-    assert record["outcome"] == "adopted"
-    assert htar_calls(tape) == []
-    assert (tape / HPSS_DIR / tar_name(NIGHT)).read_bytes() == b"already on tape"
+    assert record["outcome"] == "adopted" and record["exposures"] == ["00003400"]
+    assert htar_calls(tape)[1:] == [["htar", "-tvf", archive]]  # read, not written
+    assert (tape / archive).read_bytes() == on_tape
 
 
 def test_exposure_arriving_after_backup_goes_to_a_supplementary_archive(site, tape):

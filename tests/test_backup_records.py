@@ -1,0 +1,268 @@
+"""Backup records tell the truth: they claim only what the archives on tape hold.
+
+Unit tests of the pure parts (member paths → exposures, the ``htar -tv`` listing, the
+archive plan), and the real workflow with the HPSS emulator (and the tar backend) for
+adopted archives and a failed htar's retry.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import NIGHT, REPO, STREAM, planned_jobs
+
+from scripts.backup import Tape, archive_name, exposures_in, plan_archives
+from scripts.configuration import Stream
+from scripts.hpss import BackupError, parse_htar_created, parse_htar_listing
+
+HPSS_DIR = "desi/spectro/data"
+BEFORE_CATCHUP = "2026-11-28T10:00:00Z"
+AFTER_BACKUP = "2026-11-28T21:00:00Z"
+EMULATOR = REPO / "tests" / "hpss_emulator"
+
+
+def tar_name(night: str = NIGHT, index: int = 0) -> str:
+    return f"desi_spectro_data_{night}{'' if index == 0 else f'.{index}'}.tar"
+
+
+def stream(destination: Path = Path("/archive")) -> Stream:
+    return Stream(name=STREAM, source="/mountain/raw", staging=Path("/staging"),
+                  destination=destination, hpss=HPSS_DIR,
+                  checksum_file="checksum-{exposure}.sha256sum")
+
+
+# ---------------------------------------------------------------------- unit tests
+
+
+def test_exposures_in_counts_an_exposure_only_when_it_holds_its_files():
+    members = [
+        f"{NIGHT}/00001234/desi-00001234.fits.fz",
+        f"{NIGHT}/00001234/checksum-00001234.sha256sum",
+        f"./{NIGHT}/00001235/sub dir/guide 00001235.fits.fz",  # ./ prefix, spaces
+        f"{NIGHT}/00001236/",                  # a bare directory holds no data
+        f"{NIGHT}/00001237",                   # nor does a directory entry without /
+        f"{NIGHT}/README",                     # not an exposure
+        f"{NIGHT}/0000123/short.fits",         # 7 digits
+        f"{NIGHT}/000012389/long.fits",        # 9 digits
+        f"{NIGHT}/０００01239/wide.fits",        # not ASCII digits
+        "20261126/00001240/other-night.fits",  # another night
+        "/tmp/HTAR_CF_CHK_1234_1795917545",
+    ]
+    assert exposures_in(members, NIGHT) == {"00001234", "00001235"}
+    assert exposures_in(members, "20261126") == {"00001240"}
+    assert exposures_in([], NIGHT) == set()
+
+
+LISTING = f"""\
+HTAR: drwxr-s---  desi/desi          0 2026-11-28 01:02  {NIGHT}/
+HTAR: drwxr-s---  desi/desi          0 2026-11-28 01:02  {NIGHT}/00001234/
+HTAR: -r--r-----  desi/desi       3000 2026-11-28 01:02  {NIGHT}/00001234/desi-00001234.fits.fz
+HTAR: -r--r-----  12345/58191      105 2026-11-28 01:02  {NIGHT}/00001234/a name with spaces
+HTAR: -rw-------  desi/desi        256 2026-11-28 21:00  /tmp/HTAR_CF_CHK_4242_1795917545
+HTAR: Listing complete for {HPSS_DIR}/{tar_name()}, 3 files 5 total objects
+HTAR: HTAR SUCCESSFUL
+"""
+
+
+def test_htar_listing_gives_the_regular_files_as_stored():
+    assert parse_htar_listing(LISTING) == [
+        f"{NIGHT}/00001234/desi-00001234.fits.fz",
+        f"{NIGHT}/00001234/a name with spaces",
+    ]
+    assert parse_htar_listing("HTAR: HTAR SUCCESSFUL\n") == []
+
+
+def test_an_unreadable_htar_listing_line_is_an_error_not_a_missing_member():
+    garbled = LISTING.replace("3000 2026-11-28 01:02", "3000 yesterday")
+    with pytest.raises(BackupError, match="cannot read this line"):
+        parse_htar_listing(garbled)
+
+
+def test_htar_create_output_gives_the_files_it_added():
+    output = (f"HTAR: a   {NIGHT}/\nHTAR: a   {NIGHT}/00001234/\n"
+              f"HTAR: a   {NIGHT}/00001234/desi-00001234.fits.fz\n"
+              "HTAR: a   /tmp/HTAR_CF_CHK_4242_1795917545\n"
+              f"HTAR Create complete for {tar_name()}. 10,240 bytes written for 1 member"
+              " files, max threads: 4 Transfer time: 0.1 seconds\nHTAR: HTAR SUCCESSFUL\n")
+    assert parse_htar_created(output) == [f"{NIGHT}/00001234/desi-00001234.fits.fz"]
+
+
+def test_plan_adopts_complete_archives_and_reuses_a_name_left_without_its_idx():
+    s = stream()
+    name = [archive_name(s, NIGHT, i) for i in range(4)]
+    # Nothing on tape: the night's first archive.
+    assert plan_archives(s, NIGHT, [], {}) == ([], 0)
+    # A .tar without its .idx (failed attempt): written again under its name.
+    assert plan_archives(s, NIGHT, [], {name[0]: 10}) == ([], 0)
+    # Complete and unrecorded (state lost): adopted, the next archive after them.
+    complete = {name[0]: 10, f"{name[0]}.idx": 1, name[1]: 10, f"{name[1]}.idx": 1}
+    assert plan_archives(s, NIGHT, [], complete) == ([name[0], name[1]], 2)
+    # Recorded archives are neither adopted again nor overwritten.
+    recorded = [{"name": name[0]}]
+    assert plan_archives(s, NIGHT, recorded, complete) == ([name[1]], 2)
+    assert plan_archives(s, NIGHT, recorded, {**complete, name[2]: 5}) == ([name[1]], 2)
+
+
+def test_tape_members_reads_an_archive_back(tmp_path, monkeypatch):
+    """Tape.members on real archives: the emulator's ``htar -tvf`` output, parsed, and
+    the tar backend's index; they agree, and a missing archive is an error."""
+    destination = tmp_path / "archive"
+    exposure = destination / NIGHT / "00001234"
+    exposure.mkdir(parents=True)
+    (exposure / "desi-00001234.fits.fz").write_bytes(b"x" * 100)
+    (exposure / "checksum-00001234.sha256sum").write_text("")
+    expected = [f"{NIGHT}/00001234/checksum-00001234.sha256sum",
+                f"{NIGHT}/00001234/desi-00001234.fits.fz"]
+    monkeypatch.setenv("HPSS_ROOT", str(tmp_path / "hpss"))
+    backends = {
+        "htar": {"backend": "htar", "hpss_bin": str(EMULATOR), "timeout": 30},
+        "tar": {"backend": "tar", "archive": str(tmp_path / "tarchive"), "timeout": 30},
+    }
+    for backup in backends.values():
+        tape = Tape({"backup": backup}, stream(destination))
+        written = tape.write(tar_name(), [NIGHT])
+        assert sorted(written) == sorted(tape.members(tar_name())) == expected
+        with pytest.raises(BackupError, match="cannot list"):
+            tape.members(tar_name(index=1))
+
+
+# ------------------------------------------------------------- the real workflow
+
+
+def htar_calls(tape: Path) -> list[list[str]]:
+    calls = tape / ".calls.jsonl"
+    if not calls.exists():
+        return []
+    return [c["argv"] for c in map(json.loads, calls.read_text().splitlines())
+            if c["prog"] == "htar"]
+
+
+def created(tape: Path) -> list[str]:
+    """The archives htar was asked to create, in order."""
+    return [c[2] for c in htar_calls(tape) if c[1] == "-cvhf"]
+
+
+def tar_files(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return sorted(m.name for m in tar.getmembers()
+                      if m.isfile() and "HTAR_CF_CHK_" not in m.name)
+
+
+@pytest.fixture(params=["htar", "tar"])
+def archives(request, site) -> Path:
+    """Back up with either backend; the directory the night's archives land in."""
+    if request.param == "htar":
+        return request.getfixturevalue("tape") / HPSS_DIR
+    site.config["backup"] = {"backend": "tar", "archive": str(site.root / "tarchive"),
+                             "hpss_status": ""}
+    return site.root / "tarchive" / HPSS_DIR
+
+
+def snapshot(path: Path) -> tuple[int, bytes]:
+    return path.stat().st_mtime_ns, path.read_bytes()
+
+
+def test_state_lost_the_adopted_archive_records_only_its_members(site, archives):
+    """The night went to tape, an exposure arrived late, and the state was lost: the
+    adopted archive's record lists what it really holds, and the late exposure goes
+    into a supplementary archive."""
+    site.exposure("00004000")
+    site.config["now"] = AFTER_BACKUP
+    site.run()
+    first = snapshot(archives / tar_name())
+    site.exposure("00004001")  # published after the night's archive was written
+    shutil.rmtree(site.state)
+    site.run()
+    record = site.record(NIGHT, None, "backedup")
+    assert record["outcome"] == "adopted"
+    assert [(a["name"], a["exposures"]) for a in record["archives"]] == [
+        (tar_name(), ["00004000"])]
+    assert record["exposures"] == ["00004000"] and record["not_on_tape"] == ["00004001"]
+    assert site.marker(NIGHT, "00004001", "installed").exists()
+    jobs = planned_jobs(site.run("-n").stdout)
+    assert jobs.get("back_up_late_exposures") == 1 and "back_up_night" not in jobs
+    site.run()
+    record = site.record(NIGHT, None, "backedup")
+    assert [(a["name"], a["exposures"]) for a in record["archives"]] == [
+        (tar_name(), ["00004000"]), (tar_name(index=1), ["00004001"])]
+    assert record["exposures"] == ["00004000", "00004001"] and "not_on_tape" not in record
+    assert site.record(NIGHT, None, "backedup.1")["exposures"] == ["00004001"]
+    assert {n.split("/")[1] for n in tar_files(archives / tar_name(index=1))} == {"00004001"}
+    assert snapshot(archives / tar_name()) == first  # never overwritten
+    assert "back_up_late_exposures" not in planned_jobs(site.run("-n").stdout)
+
+
+def test_unreadable_record_is_rebuilt_from_the_archive_members(site, tape):
+    site.exposure("00004100")
+    site.config["now"] = AFTER_BACKUP
+    site.run()
+    site.exposure("00004101")
+    site.marker(NIGHT, None, "backedup").write_text('{"outcome": "backed up", "arch')
+    site.run()
+    record = site.record(NIGHT, None, "backedup")
+    assert record["outcome"] == "adopted"
+    assert record["archives"][0]["exposures"] == ["00004100"]
+    assert record["exposures"] == ["00004100"] and record["not_on_tape"] == ["00004101"]
+    listing = [c for c in htar_calls(tape) if c[1] == "-tvf"]
+    assert listing == [["htar", "-tvf", f"{HPSS_DIR}/{tar_name()}"]]  # read, not assumed
+    site.run()
+    record = site.record(NIGHT, None, "backedup")
+    assert [a["exposures"] for a in record["archives"]] == [["00004100"], ["00004101"]]
+    assert created(tape) == [f"{HPSS_DIR}/{tar_name()}", f"{HPSS_DIR}/{tar_name(index=1)}"]
+
+
+def test_a_tar_left_without_its_idx_is_written_again_under_its_own_name(site, tape):
+    site.exposure("00004200")
+    site.config["now"] = AFTER_BACKUP
+    site.env.update(HTAR_FAIL_EXIT="70", HTAR_FAIL_NOIDX="1", HPSS_FAIL_ONCE="1")
+    site.run(check=False)
+    assert site.failure(NIGHT, None, "backedup")["attempts"] == 1
+    assert (tape / HPSS_DIR / tar_name()).is_file()
+    assert not (tape / HPSS_DIR / f"{tar_name()}.idx").exists()
+    site.run()
+    record = site.record(NIGHT, None, "backedup")
+    assert record["outcome"] == "backed up" and "status 70" in record["previous_failure"]
+    assert [(a["name"], a["exposures"]) for a in record["archives"]] == [
+        (tar_name(), ["00004200"])]
+    assert (tape / HPSS_DIR / f"{tar_name()}.idx").is_file()
+    assert not (tape / HPSS_DIR / tar_name(index=1)).exists()
+    assert created(tape) == [f"{HPSS_DIR}/{tar_name()}"] * 2
+    assert {n.split("/")[1] for n in tar_files(tape / HPSS_DIR / tar_name())} == {"00004200"}
+    # Complete now: a late exposure goes beside it, never into it.
+    complete = snapshot(tape / HPSS_DIR / tar_name())
+    index = snapshot(tape / HPSS_DIR / f"{tar_name()}.idx")
+    site.exposure("00004201")
+    site.run()
+    assert snapshot(tape / HPSS_DIR / tar_name()) == complete
+    assert snapshot(tape / HPSS_DIR / f"{tar_name()}.idx") == index
+    assert created(tape)[-1] == f"{HPSS_DIR}/{tar_name(index=1)}"
+    assert site.record(NIGHT, None, "backedup")["exposures"] == ["00004200", "00004201"]
+
+
+def test_a_supplementary_archive_on_tape_without_a_record_is_adopted(site, tape):
+    """Its job wrote it and died before recording it: the next run adopts it from its
+    members instead of skipping its name for ever."""
+    site.exposure("00004400")
+    site.config["now"] = AFTER_BACKUP
+    site.run()
+    main = site.marker(NIGHT, None, "backedup")
+    before = main.read_text()
+    site.exposure("00004401")
+    site.run()
+    assert created(tape)[-1] == f"{HPSS_DIR}/{tar_name(index=1)}"
+    supplement = snapshot(tape / HPSS_DIR / tar_name(index=1))
+    main.write_text(before)  # the record as it was before the supplementary archive
+    site.marker(NIGHT, None, "backedup.1").unlink()
+    site.run()
+    record = site.record(NIGHT, None, "backedup")
+    assert [(a["name"], a["exposures"], a.get("adopted", False))
+            for a in record["archives"]] == [(tar_name(), ["00004400"], False),
+                                             (tar_name(index=1), ["00004401"], True)]
+    assert site.record(NIGHT, None, "backedup.1")["outcome"] == "adopted"
+    assert len(created(tape)) == 2  # nothing written again
+    assert not (tape / HPSS_DIR / tar_name(index=2)).exists()
+    assert snapshot(tape / HPSS_DIR / tar_name(index=1)) == supplement
