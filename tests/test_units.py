@@ -66,14 +66,15 @@ def test_remote_command_quotes_paths_and_uses_batch_ssh():
 def test_rsync_command_line():
     command = rsync_command(REMOTE, f"{SOURCE}/20261120/00001234", "/staging/20261120/00001234",
                             delete=True)
-    assert command[:5] == ["rsync", "--recursive", "--copy-dirlinks", "--times",
-                           "--omit-dir-times"]
+    assert command[:4] == ["rsync", "--recursive", "--times", "--omit-dir-times"]
+    assert "--copy-dirlinks" not in command  # a link inside an exposure is never followed
     assert "--timeout=600" in command and "--delete" in command and "--verbose" in command
     assert command[command.index("-e") + 1] == "ssh -q -o BatchMode=yes"
     assert command[-2:] == [f"dts:{SOURCE}/20261120/00001234/", "/staging/20261120/00001234/"]
     dry = rsync_command(LOCAL, f"{SOURCE}/20261120", "/dest/20261120", dry_run=True,
-                        itemize=True)
-    assert "--dry-run" in dry and "--itemize-changes" in dry and "-e" not in dry
+                        itemize=True, follow_dirlinks=True)
+    assert "--copy-dirlinks" in dry and "--dry-run" in dry
+    assert "--itemize-changes" in dry and "-e" not in dry
     assert "--delete" not in dry
     assert dry[-2:] == [f"{SOURCE}/20261120/", "/dest/20261120/"]
 
