@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import joblog
 from scripts.archive import discard, replace
 from scripts.commands import run
 from scripts.configuration import Stream, get_streams
+from scripts.job import run_job
 from scripts.links import LinkCheckError, UnsafeLinkError
 from scripts.markers import (
     failure_path,
@@ -166,6 +166,13 @@ def catch_up_night(config: dict, stream: Stream, night: str, threads: int = 2) -
                             dry_run=True, itemize=True, exposures_only=True,
                             follow_dirlinks=True),
               timeout=remote["transfer_timeout"])
+    if not dry.ok and dry.returncode == 23 and "change_dir" in dry.stderr \
+            and "No such file or directory" in dry.stderr:
+        # The night's links left the mountain after installation: nothing can arrive late.
+        log.warning("Night %s is no longer at the mountain (%s): nothing to catch up.",
+                    night, stream.source)
+        return {"outcome": "not at the mountain", "changed_files": [], "exposures": {},
+                "new_exposures": []}
     if not dry.ok:
         raise CatchUpError(f"dry-run rsync of night {night} failed: {dry.describe()}")
     files = changed_files(dry.stdout)
@@ -212,8 +219,6 @@ def run_catch_up(config: dict, stream: Stream, night: str, threads: int) -> bool
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0], marker=sm.output[0])
-    ok = run_catch_up(sm.config, get_streams(sm.config)[sm.wildcards.stream],
-                      sm.wildcards.night, threads=sm.threads)
-    sys.exit(0 if ok else 1)
+    run_job(snakemake, lambda sm: run_catch_up(  # noqa: F821 (Snakemake's preamble)
+        sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
+        threads=sm.threads))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import joblog
+from scripts.job import run_job
 from scripts.archive import discard, place, recover, replace
 from scripts.checksum import verify_exposure
 from scripts.configuration import Stream, get_streams
@@ -109,8 +109,6 @@ def install(config: dict, stream: Stream, night: str, expid: str) -> bool:
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0], marker=sm.output[0])
-    ok = install(sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
-                 sm.wildcards.expid)
-    sys.exit(0 if ok else 1)
+    run_job(snakemake, lambda sm: install(  # noqa: F821 (Snakemake's preamble)
+        sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
+        sm.wildcards.expid))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import joblog
+from scripts.job import run_job
 from scripts.archive import discard, recover
 from scripts.commands import CommandResult, run
 from scripts.configuration import Stream, get_streams
@@ -129,10 +129,6 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0], marker=sm.output[0])
-    ok = stage_exposure(
+    run_job(snakemake, lambda sm: stage_exposure(  # noqa: F821 (Snakemake's preamble)
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
-        sm.wildcards.expid, sm.params.published,
-    )
-    sys.exit(0 if ok else 1)
+        sm.wildcards.expid, sm.params.published))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import joblog
+from scripts.job import run_job
 from scripts.archive import discard
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import Stream, get_streams
@@ -213,8 +213,6 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0], marker=sm.output[0])
-    ok = verify(sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
-                sm.wildcards.expid, threads=sm.threads)
-    sys.exit(0 if ok else 1)
+    run_job(snakemake, lambda sm: verify(  # noqa: F821 (Snakemake's preamble)
+        sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
+        sm.wildcards.expid, threads=sm.threads))

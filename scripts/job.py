@@ -1,0 +1,71 @@
+"""The one way a rule script runs: whatever happens inside it, the job ends with its
+marker or its failure record, one log line, and the right exit status.
+
+Every rule script ends with ``run_job(snakemake, work)``. An exception that escapes
+`work` (a full or read-only disk, a permission, a bug) still leaves
+``<marker>.failed`` with a reason that names the root cause in one line, so that the
+status page, ``scripts.status --failures`` and the alerts see it; the traceback goes to
+the rule's log only.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from scripts import joblog
+from scripts.markers import read_failure, write_failure
+
+log = logging.getLogger("job")
+
+_ERRNO_WORDS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or directory",
+    errno.EIO: "input/output error",
+}
+
+
+def describe_exception(error: BaseException) -> str:
+    """One line naming the root cause of `error`, for a failure record."""
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list):
+        first = error.args[0][0] if error.args[0] else ("", "", str(error))
+        return f"copy failed: {first[-1]}"
+    if isinstance(error, OSError) and error.errno is not None:
+        words = _ERRNO_WORDS.get(error.errno, error.strerror or str(error))
+        where = error.filename if error.filename is not None else ""
+        return f"{words} ({where})" if where else words
+    return f"unexpected {type(error).__name__}: {error} (a bug: the rule log has the traceback)"
+
+
+def _traceback_to_log_file() -> None:
+    """The traceback of the exception being handled, for the rule's log file only."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                            "traceback of the failure below:", (), sys.exc_info())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def run_job(sm: Any, work: Callable[[Any], bool]) -> NoReturn:
+    """Run `work(sm)` as the job of Snakemake object `sm`; exit 0 only on success."""
+    marker = sm.output[0]
+    joblog.setup(sm.log[0], marker=marker)
+    try:
+        ok = work(sm)
+    except Exception as error:  # noqa: BLE001 (the one place every failure is recorded)
+        _traceback_to_log_file()
+        reason = describe_exception(error)
+        attempts = (read_failure(marker) or {}).get("attempts", 0) + 1
+        write_failure(marker, reason, attempts, exception=type(error).__name__)
+        log.error("%s failed: %s", sm.rule, reason)
+        ok = False
+    logging.shutdown()
+    sys.exit(0 if ok else 1)
