@@ -26,6 +26,7 @@ from scripts.remote import RemoteError, first_night, list_exposures
 from scripts.status import listing_cache_path, record_hpss_status
 from scripts.targets import (
     due,
+    marker_nights,
     night_exposures,
     not_backed_up,
     pending_exposures,
@@ -165,23 +166,22 @@ def get_exposure_targets():
 
 
 def get_backup_history(stream, night):
-    """The archives recorded for a night, or None if it was never backed up."""
+    """The archives recorded for a night, or None if it has no readable record."""
     record = read_record(marker_path(STATE, stream, night, None, "backedup"))
     return None if record is None else record.get("archives", [])
 
 
 def get_night_expids(stream, night):
-    """The listed, not held, exposures of a night: what its night stages wait for."""
+    """What a night's stages wait for: its listed, not held, exposures and those the
+    state says are installed (their links may have left the mountain)."""
     listing = LISTINGS.get(stream)
-    if listing is None:
-        return []
-    return night_exposures(listing.exposures, night, get_night_state(stream, night))
+    listed = listing.exposures if listing else []
+    return night_exposures(listed, night, get_night_state(stream, night))
 
 
 def get_held_expids(stream, night):
-    listing = LISTINGS.get(stream)
-    listed = {e for n, e in listing.exposures if n == night} if listing else set()
-    return sorted(listed & get_night_state(stream, night).held)
+    """The night's exposures held by policy: named in its backup record."""
+    return sorted(get_night_state(stream, night).held)
 
 
 def get_late_inputs(wildcards):
@@ -202,6 +202,22 @@ def get_night_inputs(wildcards):
     ]
 
 
+def get_nights(stream, listing):
+    """The nights whose stages are considered: the listed ones, and the nights in the
+    look-back window the state holds installed exposures of.
+
+    Returns the sorted nights and the set of those known from the state only (their
+    links left the mountain after installation).
+    """
+    listed = set(listing.nights())
+    unlisted = {
+        night
+        for night in marker_nights(STATE, stream, FIRST_NIGHT)
+        if night not in listed and get_night_state(stream, night).installed
+    }
+    return sorted(listed | unlisted), unlisted
+
+
 def get_hpss_ready():
     """Whether backups may run now: HPSS status read at most once per run, and
     remembered for the status page's backlog."""
@@ -212,25 +228,42 @@ def get_hpss_ready():
     return ready, why
 
 
+def get_due_stages(stream, night):
+    """The due night-level stages of a night that lack their marker, as
+    (stage, marker) pairs: the catch-up, then the backup (the first one, or the next
+    supplementary archive when exposures are installed that no archive holds)."""
+    stages = []
+    caughtup = marker_path(STATE, stream, night, None, "caughtup")
+    if due(night, NOW, config["catchup_hour"]) and not caughtup.exists():
+        stages.append(("caughtup", str(caughtup)))
+    if BACKUP["backend"] == "none" or not due(night, NOW, config["backup_hour"]):
+        return stages
+    history = get_backup_history(stream, night)
+    if history is None:
+        stage = "backedup"
+    elif not_backed_up(get_night_expids(stream, night), history):
+        stage = f"backedup.{len(history)}"
+    else:
+        return stages
+    return stages + [(stage, str(marker_path(STATE, stream, night, None, stage)))]
+
+
 def get_night_targets():
     """Markers of the due night-level stages: every eligible night, backlog included."""
     targets, backups = [], []
     for name, listing in LISTINGS.items():
-        for night in listing.nights():
-            caughtup = marker_path(STATE, name, night, None, "caughtup")
-            if due(night, NOW, config["catchup_hour"]) and not caughtup.exists():
-                targets.append(str(caughtup))
-            if BACKUP["backend"] == "none" or not due(
-                night, NOW, config["backup_hour"]
-            ):
-                continue
-            history = get_backup_history(name, night)
-            if history is None:
-                backups.append(str(marker_path(STATE, name, night, None, "backedup")))
-            elif not_backed_up(get_night_expids(name, night), history):
-                # Late exposures: the next supplementary archive, a marker of its own.
-                stage = f"backedup.{len(history)}"
-                backups.append(str(marker_path(STATE, name, night, None, stage)))
+        nights, from_state = get_nights(name, listing)
+        for night in nights:
+            stages = get_due_stages(name, night)
+            if stages and night in from_state:
+                logger.warning(
+                    f"Night {night} of stream {name} has no links at the mountain any "
+                    f"more: {', '.join(s for s, _ in stages)} of its "
+                    f"{len(get_night_state(name, night).installed)} installed "
+                    f"exposure(s) run from the state ({STATE}/{name}/{night})."
+                )
+            for stage, marker in stages:
+                (targets if stage == "caughtup" else backups).append(marker)
     if backups:
         ready, why = get_hpss_ready()
         if not ready:

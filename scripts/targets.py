@@ -64,8 +64,32 @@ def due(night: str, now: dt.datetime, hour: int) -> bool:
 
 def night_exposures(exposures: Iterable[tuple[str, str]], night: str,
                     seen: NightState) -> list[str]:
-    """The listed exposures of `night` its night-level stages wait for (held ones excluded)."""
-    return [e for n, e in exposures if n == night and e not in seen.held]
+    """The exposures of `night` its night-level stages wait for, sorted.
+
+    The listed ones (held ones excluded), and those the state says are installed,
+    listed or not: links removed at the mountain after installation must not hide an
+    exposure from its night's catch-up and backup.
+    """
+    listed = {e for n, e in exposures if n == night and e not in seen.held}
+    return sorted(listed | seen.installed)
+
+
+def marker_nights(state: str | os.PathLike, stream: str, first_night: str) -> list[str]:
+    """The nights from `first_night` on that have a marker directory, sorted.
+
+    One ``scandir`` of ``STATE/STREAM``, no per-entry ``stat``: cheap at any archive
+    size. Whether a night holds installed exposures is `scan_night`'s to say.
+    """
+    try:
+        entries = os.scandir(Path(state, stream))
+    except FileNotFoundError:
+        return []
+    with entries:
+        return sorted(
+            e.name for e in entries
+            if len(e.name) == 8 and e.name.isascii() and e.name.isdigit()
+            and e.name >= first_night and e.is_dir()
+        )
 
 
 def not_backed_up(expids: Iterable[str], history: list[dict]) -> list[str]:

@@ -2,7 +2,7 @@
 
 Unit tests of the pure parts (member paths → exposures, the ``htar -tv`` listing, the
 archive plan), and the real workflow with the HPSS emulator (and the tar backend) for
-adopted archives and a failed htar's retry.
+adopted archives, a failed htar's retry and nights whose links left the mountain.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from conftest import NIGHT, REPO, STREAM, planned_jobs
 from scripts.backup import Tape, archive_name, exposures_in, plan_archives
 from scripts.configuration import Stream
 from scripts.hpss import BackupError, parse_htar_created, parse_htar_listing
+from scripts.targets import NightState, marker_nights, night_exposures
 
 HPSS_DIR = "desi/spectro/data"
 BEFORE_CATCHUP = "2026-11-28T10:00:00Z"
@@ -105,6 +106,22 @@ def test_plan_adopts_complete_archives_and_reuses_a_name_left_without_its_idx():
     recorded = [{"name": name[0]}]
     assert plan_archives(s, NIGHT, recorded, complete) == ([name[1]], 2)
     assert plan_archives(s, NIGHT, recorded, {**complete, name[2]: 5}) == ([name[1]], 2)
+
+
+def test_night_exposures_are_the_listed_and_the_installed_ones():
+    listed = [(NIGHT, "00000001"), (NIGHT, "00000002"), (NIGHT, "00000003"),
+              ("20261126", "00000009")]
+    seen = NightState(installed={"00000001", "00000004"}, held={"00000003"})
+    assert night_exposures(listed, NIGHT, seen) == ["00000001", "00000002", "00000004"]
+
+
+def test_marker_nights_are_the_night_directories_in_the_window(tmp_path):
+    assert marker_nights(tmp_path, STREAM, "20261101") == []
+    base = tmp_path / STREAM
+    for name in ("20261020", "20261101", "20261127", "logs", "2026112"):
+        (base / name).mkdir(parents=True)
+    (base / "20261126.backedup").write_text("{}")
+    assert marker_nights(tmp_path, STREAM, "20261101") == ["20261101", "20261127"]
 
 
 def test_tape_members_reads_an_archive_back(tmp_path, monkeypatch):
@@ -266,3 +283,29 @@ def test_a_supplementary_archive_on_tape_without_a_record_is_adopted(site, tape)
     assert len(created(tape)) == 2  # nothing written again
     assert not (tape / HPSS_DIR / tar_name(index=2)).exists()
     assert snapshot(tape / HPSS_DIR / tar_name(index=1)) == supplement
+
+
+def test_a_night_whose_links_left_the_mountain_is_caught_up_and_backed_up(site, tape):
+    site.exposure("00004300")
+    site.exposure("00004301")
+    site.exposure("00004310", night="20261126")
+    site.exposure("00004311", night="20261126")
+    site.config["now"] = "2026-11-27T10:00:00Z"  # nothing due yet for either night
+    site.run()
+    for night, expid in [(NIGHT, "00004300"), (NIGHT, "00004301"), ("20261126", "00004311")]:
+        assert site.marker(night, expid, "installed").exists()
+        (site.source / night / expid).unlink()  # the mountain removes the links
+    site.config["now"] = AFTER_BACKUP
+    result = site.run()
+    for night, expids in [(NIGHT, ["00004300", "00004301"]),
+                          ("20261126", ["00004310", "00004311"])]:
+        assert site.record(night, None, "caughtup")["outcome"] == "no changes"
+        record = site.record(night, None, "backedup")
+        assert record["outcome"] == "backed up" and record["exposures"] == expids
+        assert {n.split("/")[1] for n in tar_files(tape / HPSS_DIR / tar_name(night))} == \
+            set(expids)
+    assert (f"Night {NIGHT} of stream {STREAM} has no links at the mountain any more"
+            in result.stderr)
+    assert "Night 20261126 of stream" not in result.stderr  # still listed (00004310)
+    jobs = planned_jobs(site.run("-n").stdout)
+    assert not {"catch_up_night", "back_up_night", "back_up_late_exposures"} & set(jobs)
