@@ -1,0 +1,985 @@
+#!/usr/bin/env python3
+"""Fault soak: many cron runs, interleaved with seeded faults, invariants after each.
+
+    .venv/bin/python tests/fault_soak.py --runs 200 --seed 1
+
+A seeded random sequence of cron runs (``scripts/cron_entry.py CONFIG``, started as
+cron starts it: a new process, its own process group, stdin from /dev/null) on a
+temporary mountain + data centre, with faults between and during the runs:
+
+* ``kill``: SIGKILL of the whole run's process group after a seeded random delay;
+  whatever survives is *not* cleaned up: it is looked for, and reported;
+* ``flip``: one byte of an installed exposure's file flipped at the mountain (its
+  checksum file unchanged): the archive must keep its verified bytes;
+* ``update``: a legitimate update at the mountain (new bytes and a checksum file
+  listing them);
+* ``late_file``: a new file and an updated checksum file in an installed exposure;
+* ``late_exposure``: a new exposure published in an older night;
+* ``rm_night_markers``, ``rm_marker``, ``rm_state``: a night's marker directory, one
+  random marker, or the whole state directory deleted;
+* ``htar_fail``, ``htar_hang``, ``hsi_fail``: the HPSS emulator's failure injection
+  for one run (htar failing in its several ways, htar hanging within
+  ``backup.timeout``, hsi failing);
+* ``hpss_down``: the (real, HTTP) status endpoint says "down" for one run;
+* ``time``: the simulated clock (configuration key ``now``) advances, so that nights
+  become due for catch-up and backup.
+
+After every run, killed or not, the invariants are checked (`Soak.check`); after a
+final quiet phase (no faults, the clock past the last night's backup hour) every
+published exposure must be installed and every night backed up. On the first broken
+invariant the seed, the run and the fault sequence so far are printed and the exit
+status is 1 (``--keep-going`` reports every new problem and carries on). A summary
+table ends every soak. ``tests/test_fault_soak.py`` runs a short version in
+``make test``; ``make soak`` the full one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from conftest import STREAM, Site, StatusServer  # noqa: E402
+
+#: Every fault kind; the short version (tests/test_fault_soak.py) exercises each.
+FAULTS = ("kill", "flip", "update", "late_file", "late_exposure", "rm_night_markers",
+          "rm_marker", "rm_state", "htar_fail", "htar_hang", "hsi_fail", "hpss_down", "time")
+#: Faults that act on the HPSS side of one run: at most one of them per run.
+HPSS_FAULTS = ("htar_fail", "htar_hang", "hsi_fail", "hpss_down")
+#: Weights of the faults drawn at random beside the coverage queue.
+WEIGHTS = {"kill": 0.0, "flip": 1.0, "update": 1.0, "late_file": 1.0, "late_exposure": 1.0,
+           "rm_night_markers": 0.6, "rm_marker": 1.0, "rm_state": 0.3, "htar_fail": 1.0,
+           "htar_hang": 0.8, "hsi_fail": 0.8, "hpss_down": 0.8, "time": 0.0}
+KILL_PROBABILITY = 0.3
+TIME_PROBABILITY = 0.65
+NEW_EXPOSURE_PROBABILITY = 0.6
+#: The simulated clock starts during night 20261119 (a night ends at 14 UTC).
+START = dt.datetime(2026, 11, 20, 11, 0, tzinfo=dt.UTC)
+CATCHUP_HOUR = 14
+BACKUP_HOUR = 20
+LOOKBACK_NIGHTS = 30
+#: Late exposures go only into nights this recent (well inside the look-back window).
+LATE_WINDOW_NIGHTS = 20
+BACKUP_TIMEOUT = 8
+HTAR_HANG_MAX = 3.0
+TRANSFER_TIMEOUT = 20
+#: A run that takes longer than this is a hung run: an invariant failure.
+RUN_LIMIT = 240
+HPSS_DIR = "desi/spectro/data"
+NIGHT_RE = re.compile(r"[0-9]{8}")
+FILE_MODE = 0o440
+DIR_MODES = (0o2750, 0o2550)
+MARKER_RE = re.compile(r"\.(staged|checksummed|installed|caughtup|backedup(\.[0-9]+)?)$")
+SOAK_ID = "FAULT_SOAK_ID"
+SOAK_RUN = "FAULT_SOAK_RUN"
+INJECTION_VARS = ("HSI_FAIL", "HSI_HANG", "HTAR_HANG", "HTAR_FAIL_EXIT", "HTAR_FAIL_NOIDX",
+                  "HTAR_NO_IDX", "HTAR_STDERR", "HTAR_CORRUPT", "HPSS_FAIL_ONCE")
+PF_EXITING = 0x4
+#: DESTINATION entries with this prefix are the workflow's workspace, not nights.
+WORKSPACE = ".desitransfer"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def checksum_text(listed: dict[str, str]) -> str:
+    """A ``sha256sum`` file (text mode, two spaces) for `listed` (name -> hash)."""
+    return "".join(f"{digest}  {name}\n" for name, digest in listed.items())
+
+
+def parse_checksum(text: str) -> dict[str, str] | None:
+    """name -> hash of a checksum file this soak wrote; None if it is not one."""
+    listed = {}
+    for line in text.splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            return None
+        listed[name] = digest
+    return listed
+
+
+def night_of(now: dt.datetime) -> str:
+    """The night an exposure taken at `now` belongs to (a night ends at 14 UTC)."""
+    return (now - dt.timedelta(hours=CATCHUP_HOUR)).strftime("%Y%m%d")
+
+
+def due(night: str, now: dt.datetime, hour: int) -> bool:
+    start = dt.datetime.strptime(night, "%Y%m%d").replace(tzinfo=dt.UTC)
+    return now >= start + dt.timedelta(days=1, hours=hour)
+
+
+def iso(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------- mountain
+
+
+@dataclasses.dataclass
+class Exposure:
+    """One exposure at the mountain, and every version of it that was published."""
+
+    night: str
+    expid: str
+    listed: dict[str, str]                      # what the checksum file says now
+    versions: list[str] = dataclasses.field(default_factory=list)  # checksum texts
+    flipped: int = 0                            # bytes flipped at the mountain
+
+    @property
+    def checksum_name(self) -> str:
+        return f"checksum-{self.expid}.sha256sum"
+
+
+class Mountain:
+    """The synthetic mountain (``ROOT/data/NIGHT/EXPID``, links in ``ROOT/raw``) and a
+    model of everything it ever published. Written here, not with scripts/mountain.py:
+    the adversary does not share code with what it tests."""
+
+    def __init__(self, root: Path, rng: random.Random):
+        self.root = root
+        self.rng = rng
+        self.exposures: dict[tuple[str, str], Exposure] = {}
+        self.next_expid = 100000
+
+    def data(self, exposure: Exposure) -> Path:
+        return self.root / "data" / exposure.night / exposure.expid
+
+    def random_bytes(self) -> bytes:
+        return self.rng.randbytes(self.rng.randint(256, 6000))
+
+    def publish_new(self, night: str) -> Exposure:
+        expid = f"{self.next_expid:08d}"
+        self.next_expid += 1
+        exposure = Exposure(night, expid, {})
+        data = self.data(exposure)
+        data.mkdir(parents=True)
+        names = [f"desi-{expid}.fits.fz", f"guide-{expid}.fits.fz"]
+        if self.rng.random() < 0.5:
+            names.append(f"sky-{expid}.fits.fz")
+        for name in names:
+            content = self.random_bytes()
+            (data / name).write_bytes(content)
+            exposure.listed[name] = sha256(content)
+        self.write_checksum(exposure)
+        link = self.root / "raw" / night / expid
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("..", "..", "data", night, expid))
+        self.exposures[(night, expid)] = exposure
+        return exposure
+
+    def write_checksum(self, exposure: Exposure) -> None:
+        text = checksum_text(exposure.listed)
+        (self.data(exposure) / exposure.checksum_name).write_text(text)
+        if text not in exposure.versions:
+            exposure.versions.append(text)
+
+    def flip(self, exposure: Exposure) -> str:
+        """Flip one byte of a data file; the checksum file stays as it is."""
+        name = self.rng.choice(sorted(exposure.listed))
+        path = self.data(exposure) / name
+        content = bytearray(path.read_bytes())
+        offset = self.rng.randrange(len(content))
+        content[offset] ^= 1 << self.rng.randrange(8)
+        path.write_bytes(bytes(content))
+        exposure.flipped += 1
+        return f"{name} byte {offset}"
+
+    def update(self, exposure: Exposure) -> str:
+        """New bytes for some files, and a checksum file listing them."""
+        names = sorted(exposure.listed)
+        chosen = self.rng.sample(names, self.rng.randint(1, len(names)))
+        for name in chosen:
+            content = self.random_bytes()
+            (self.data(exposure) / name).write_bytes(content)
+            exposure.listed[name] = sha256(content)
+        self.write_checksum(exposure)
+        return ", ".join(sorted(chosen))
+
+    def late_file(self, exposure: Exposure) -> str:
+        name = f"late-{exposure.expid}-{len(exposure.versions)}.json"
+        content = json.dumps({"late": True, "noise": self.rng.random()}).encode()
+        (self.data(exposure) / name).write_bytes(content)
+        exposure.listed[name] = sha256(content)
+        self.write_checksum(exposure)
+        return name
+
+    def nights(self) -> list[str]:
+        return sorted({night for night, _ in self.exposures})
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclasses.dataclass(frozen=True)
+class Proc:
+    pid: int
+    start: str        # /proc/PID/stat starttime: with pid, the process's identity
+    pgid: int
+    run: int | None   # the soak run whose environment it carries, if any
+    exiting: bool
+    command: str
+
+    def __str__(self) -> str:
+        origin = f"run {self.run}" if self.run is not None else "untagged"
+        return f"pid {self.pid} (pgid {self.pgid}, {origin}): {self.command[:200]}"
+
+
+def soak_processes(soak_id: str, root: Path) -> list[Proc]:
+    """Live processes of this soak: those carrying its id in their environment, or
+    mentioning its temporary directory in their command line or working directory."""
+    me = os.getpid()
+    tag = f"{SOAK_ID}={soak_id}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        base = Path("/proc", entry.name)
+        try:
+            stat_fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
+            environ = (base / "environ").read_bytes().split(b"\0")
+            cmdline = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace").strip()
+            try:
+                cwd = os.readlink(base / "cwd")
+            except OSError:
+                cwd = ""
+        except OSError:
+            continue
+        state, pgid, flags, start = stat_fields[0], stat_fields[2], stat_fields[6], \
+            stat_fields[19]
+        if state in ("Z", "X"):
+            continue  # ended, not yet reaped
+        run = None
+        if tag in environ:
+            for item in environ:
+                if item.startswith(f"{SOAK_RUN}=".encode()):
+                    run = int(item.split(b"=", 1)[1])
+        elif str(root) not in cmdline and not cwd.startswith(str(root)):
+            continue
+        found.append(Proc(int(entry.name), start, int(pgid), run,
+                          bool(int(flags) & PF_EXITING), cmdline))
+    return found
+
+
+# --------------------------------------------------------------------------- the soak
+
+
+class InvariantFailure(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class RunResult:
+    number: int
+    returncode: int | None
+    killed: bool
+    seconds: float
+    stderr: str
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        parent = Path(args.workdir) if args.workdir else None
+        if parent:
+            parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix=f"fault-soak-{args.seed}-", dir=parent))
+        self.site = Site(self.root)
+        self.mountain = Mountain(self.site.mountain, self.rng)
+        self.status = StatusServer()
+        self.tape = self.root / "hpss"
+        self.stream_state = self.site.state / STREAM
+        self.runs_dir = self.root / "runs"
+        self.runs_dir.mkdir()
+        self.soak_id = uuid.uuid4().hex
+        self.now = START
+        self.enabled = set(args.faults)
+        self.cover = [k for k in self.rng.sample(FAULTS, len(FAULTS)) if k in self.enabled]
+        self.sequence: list[str] = []
+        self.injected: collections.Counter = collections.Counter()
+        self.effective: collections.Counter = collections.Counter()
+        self.events: collections.Counter = collections.Counter()
+        self.problems_seen: set[str] = set()
+        self.failures: list[dict] = []
+        self.lingering: list[Proc] = []
+        self.pending_problems: list[str] = []
+        self.tar_cache: dict[tuple, dict] = {}
+        self.audit = (REPO / "scripts" / "audit.py").is_file() and not args.no_audit
+        self.audit_note = ("ran after every run" if self.audit else
+                           "SKIPPED (scripts/audit.py does not exist)" if not args.no_audit
+                           else "skipped (--no-audit)")
+        self.run_seconds: list[float] = []
+        self.killed_runs = 0
+        self.failed_runs = 0
+        self.checks = 0
+        self.check_seconds = self.audit_seconds = 0.0
+        self.configure()
+
+    # ----------------------------------------------------------------- set-up
+
+    def configure(self) -> None:
+        config = self.site.config
+        config.update({
+            "now": iso(self.now), "lookback_nights": LOOKBACK_NIGHTS,
+            "catchup_hour": CATCHUP_HOUR, "backup_hour": BACKUP_HOUR,
+            "kill_file": str(self.root / "stop_desi_transfer"),
+            "logs": str(self.root / "logs"),
+        })
+        config["remote"].update(timeout=10, transfer_timeout=TRANSFER_TIMEOUT)
+        config["verify"] = {"max_attempts": 3, "on_failure": "hold", "threads": 1}
+        config["backup"] = {
+            "backend": "htar", "hpss_bin": str(HERE / "hpss_emulator"),
+            "hpss_status": self.status.url, "status_timeout": 3, "timeout": BACKUP_TIMEOUT,
+        }
+        self.site.write_config()
+
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in INJECTION_VARS
+               and k not in (SOAK_ID, SOAK_RUN)}
+        env["HPSS_ROOT"] = str(self.tape)
+        return env
+
+    # ----------------------------------------------------------------- what is where
+
+    def installed_exposures(self) -> list[Exposure]:
+        return [e for e in self.mountain.exposures.values()
+                if (self.site.destination / e.night / e.expid).is_dir()]
+
+    def backup_pending(self, now: dt.datetime) -> bool:
+        """Whether a backup (first or supplementary) is due and not done at `now`."""
+        for night in self.mountain.nights():
+            if not due(night, now, BACKUP_HOUR):
+                continue
+            record = read_json(self.stream_state / f"{night}.backedup")
+            if record is None:
+                return True
+            archived = {e for a in record.get("archives", []) for e in a.get("exposures", [])}
+            if any(e not in archived for n, e in self.mountain.exposures if n == night):
+                return True
+        return False
+
+    def markers(self) -> list[Path]:
+        if not self.stream_state.is_dir():
+            return []
+        return sorted(p for p in self.stream_state.rglob("*")
+                      if p.is_file() and MARKER_RE.search(p.name))
+
+    # ----------------------------------------------------------------- faults
+
+    def eligible(self, kind: str, now: dt.datetime) -> bool:
+        if kind in ("flip", "update", "late_file"):
+            return bool(self.installed_exposures())
+        if kind == "late_exposure":
+            return bool(self.late_nights(now))
+        if kind == "rm_night_markers":
+            return self.stream_state.is_dir() and any(
+                p.is_dir() for p in self.stream_state.iterdir())
+        if kind == "rm_marker":
+            return bool(self.markers())
+        if kind == "rm_state":
+            return self.site.state.is_dir()
+        if kind in HPSS_FAULTS:
+            return self.backup_pending(now)
+        return True
+
+    def late_nights(self, now: dt.datetime) -> list[str]:
+        current = night_of(now)
+        oldest = (now - dt.timedelta(days=LATE_WINDOW_NIGHTS)).strftime("%Y%m%d")
+        return [n for n in self.mountain.nights() if oldest <= n < current]
+
+    def plan(self) -> list[str]:
+        """The faults of the next run: up to two from the coverage queue (the first whose
+        preconditions hold), and a few drawn at random; at most one HPSS fault."""
+        kinds: list[str] = []
+        self.step = dt.timedelta(0)
+        covering = bool(self.cover)
+        if "time" in self.enabled and (self.rng.random() < TIME_PROBABILITY
+                                       or "time" in self.cover[:2]):
+            kinds.append("time")
+            self.step = dt.timedelta(minutes=self.rng.randint(90, 300))
+        if "kill" in self.enabled and self.rng.random() < KILL_PROBABILITY:
+            kinds.append("kill")
+        later = self.now + self.step
+        for kind in list(self.cover):
+            if len(kinds) - kinds.count("time") >= 2:
+                break
+            if kind in kinds or not self.eligible(kind, later) or (
+                    kind in HPSS_FAULTS and set(kinds) & set(HPSS_FAULTS)):
+                continue
+            kinds.append(kind)
+        population = [k for k in WEIGHTS if k in self.enabled and WEIGHTS[k] > 0]
+        for _ in range(self.rng.choice((0, 1, 1, 2))):
+            kind = self.rng.choices(population, [WEIGHTS[k] for k in population])[0]
+            if kind not in kinds and not (kind in HPSS_FAULTS
+                                          and set(kinds) & set(HPSS_FAULTS)):
+                kinds.append(kind)
+        if covering and "kill" in kinds and set(kinds) & set(HPSS_FAULTS):
+            kinds.remove("kill")  # while covering, an HPSS fault must meet its backup
+        return kinds
+
+    def apply(self, run: int, kinds: list[str]) -> tuple[dict[str, str], float | None, list]:
+        """Apply the faults before run `run`; return the run's injected environment, the
+        kill delay, and what to measure to tell whether the HPSS faults took effect."""
+        env: dict[str, str] = {}
+        kill_after = None
+        hpss: list[str] = []
+        # The clock first: the other faults' preconditions look at it.
+        if "time" in kinds:
+            self.now += self.step
+            self.note(run, "time", f"now {iso(self.now)} (+{self.step})")
+        for kind in kinds:
+            detail = None
+            if kind == "time":
+                continue
+            if kind == "kill":
+                # The first kill lands early, surely while the run is going.
+                kill_after = round(self.rng.uniform(0.5, 2.5) if "kill" in self.cover
+                                   else self.rng.uniform(0.3, 9.0), 2)
+                detail = f"SIGKILL of the run's process group after {kill_after} s"
+            elif not self.eligible(kind, self.now):
+                continue
+            elif kind in ("flip", "update", "late_file"):
+                exposure = self.rng.choice(self.installed_exposures())
+                what = getattr(self.mountain, kind)(exposure)
+                detail = f"{exposure.night}/{exposure.expid}: {what}"
+            elif kind == "late_exposure":
+                night = self.rng.choice(self.late_nights(self.now))
+                exposure = self.mountain.publish_new(night)
+                detail = f"{night}/{exposure.expid} published"
+            elif kind == "rm_night_markers":
+                nights = sorted(p for p in self.stream_state.iterdir() if p.is_dir())
+                victim = self.rng.choice(nights)
+                shutil.rmtree(victim)
+                detail = f"rm -r {victim.relative_to(self.root)}"
+            elif kind == "rm_marker":
+                victim = self.rng.choice(self.markers())
+                victim.unlink()
+                detail = f"rm {victim.relative_to(self.root)}"
+            elif kind == "rm_state":
+                shutil.rmtree(self.site.state)
+                detail = f"rm -r {self.site.state.relative_to(self.root)}"
+            elif kind == "htar_fail":
+                how = self.rng.choice(["exit70", "exit70-noidx", "corrupt", "noidx"])
+                env.update({"exit70": {"HTAR_FAIL_EXIT": "70"},
+                            "exit70-noidx": {"HTAR_FAIL_EXIT": "70", "HTAR_FAIL_NOIDX": "1"},
+                            "corrupt": {"HTAR_CORRUPT": "1"},
+                            "noidx": {"HTAR_NO_IDX": "1",
+                                      "HTAR_STDERR": "HPSS connection reset"}}[how])
+                detail, _ = how, hpss.append(kind)
+            elif kind == "htar_hang":
+                seconds = round(self.rng.uniform(0.5, HTAR_HANG_MAX), 2)
+                env["HTAR_HANG"] = str(seconds)
+                detail, _ = f"htar hangs {seconds} s (timeout {BACKUP_TIMEOUT} s)", \
+                    hpss.append(kind)
+            elif kind == "hsi_fail":
+                env["HSI_FAIL"] = "1"
+                detail, _ = "hsi fails", hpss.append(kind)
+            elif kind == "hpss_down":
+                self.status.set_status("down")
+                detail, _ = "status endpoint says down", hpss.append(kind)
+            self.note(run, kind, detail)
+        return env, kill_after, hpss
+
+    def note(self, run: int, kind: str, detail: str) -> None:
+        self.injected[kind] += 1
+        if kind in self.cover:
+            self.cover.remove(kind)
+        if kind not in ("kill",) and kind not in HPSS_FAULTS:
+            self.effective[kind] += 1
+        self.log(f"run {run:3d}: {kind:16s} {detail}")
+
+    def log(self, line: str) -> None:
+        """One line of the fault sequence (also kept in ROOT/sequence.txt)."""
+        self.sequence.append(line)
+        with open(self.root / "sequence.txt", "a") as f:
+            f.write(line + "\n")
+
+    def new_exposures(self, run: int) -> None:
+        """The telescope at work: an exposure or two in tonight's night."""
+        if self.rng.random() >= NEW_EXPOSURE_PROBABILITY:
+            return
+        for _ in range(self.rng.choice((1, 1, 2))):
+            exposure = self.mountain.publish_new(night_of(self.now))
+            self.events["new exposures"] += 1
+            self.log(f"run {run:3d}: {'(new exposure)':16s} {exposure.night}/{exposure.expid}")
+
+    # ----------------------------------------------------------------- one run
+
+    def calls(self) -> collections.Counter:
+        path = self.tape / ".calls.jsonl"
+        counts: collections.Counter = collections.Counter()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    counts[json.loads(line)["prog"]] += 1
+                except (ValueError, KeyError):
+                    continue
+        return counts
+
+    def cron(self, run: int, injected: dict[str, str], kill_after: float | None) -> RunResult:
+        self.site.config["now"] = iso(self.now)
+        config_file = self.site.write_config()
+        env = {**self.base_env(), **injected, SOAK_ID: self.soak_id, SOAK_RUN: str(run)}
+        out = self.runs_dir / f"{run:03d}.stdout"
+        err = self.runs_dir / f"{run:03d}.stderr"
+        start = time.monotonic()
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, str(REPO / "scripts" / "cron_entry.py"), str(config_file)],
+                cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                stderr=stderr, start_new_session=True)
+        # The next run has started: nothing of an earlier run may still be alive.
+        self.check_lingering(run)
+        killed = False
+        try:
+            returncode = proc.wait(timeout=kill_after if kill_after else RUN_LIMIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            returncode = proc.wait()
+            killed = True
+            if not kill_after:
+                self.problem(run, f"run {run} did not end within {RUN_LIMIT} s (killed)")
+        seconds = time.monotonic() - start
+        self.after_run(run, proc.pid, killed)
+        return RunResult(run, returncode, killed, seconds, err.read_text(errors="replace"))
+
+    def after_run(self, run: int, pgid: int, killed: bool) -> None:
+        """Right after the run ended (or its group was killed and the cron entry reaped):
+        what is still alive of it, outside the killed group, outlived it."""
+        alive = soak_processes(self.soak_id, self.root)
+        # SIGKILL reached every process of the killed group: those are dying.
+        survivors = [p for p in alive if not p.exiting and not (killed and p.pgid == pgid)]
+        for proc in survivors:
+            how = "its process group was killed" if killed else "it ended"
+            self.problem(run, f"a process outlived run {run} after {how}: {proc}")
+        self.lingering = alive
+
+    def check_lingering(self, run: int) -> None:
+        now = {(p.pid, p.start): p for p in soak_processes(self.soak_id, self.root)}
+        earlier = {(p.pid, p.start) for p in self.lingering}
+        for key, proc in now.items():
+            if proc.exiting:
+                continue
+            if key in earlier or (proc.run is not None and proc.run < run):
+                self.problem(run, f"still alive when run {run} started: {proc}")
+        self.lingering = []
+
+    # ----------------------------------------------------------------- invariants
+
+    def problem(self, run: int, text: str) -> None:
+        self.pending_problems.append(text)
+
+    def check(self, run: int) -> list[str]:
+        """Every invariant that must hold between runs; the problems found."""
+        self.checks += 1
+        start = time.monotonic()
+        problems = list(self.pending_problems)
+        problems += self.check_archive()
+        problems += self.check_records()
+        self.check_seconds += time.monotonic() - start
+        if self.audit:
+            start = time.monotonic()
+            problems += self.check_audit()
+            self.audit_seconds += time.monotonic() - start
+        return problems
+
+    def check_archive(self) -> list[str]:
+        problems = []
+        destination = self.site.destination
+        if not destination.exists():
+            return problems
+        for night in sorted(os.scandir(destination), key=lambda e: e.name):
+            if night.name.startswith(WORKSPACE):
+                continue  # the workflow's own workspace beside the nights (never on tape)
+            if not (NIGHT_RE.fullmatch(night.name) and night.is_dir(follow_symlinks=False)):
+                problems.append(f"unexpected entry in the destination: {night.path}")
+                continue
+            mode = stat.S_IMODE(os.lstat(night.path).st_mode)
+            if mode not in DIR_MODES:
+                problems.append(f"night directory {night.path} has mode {oct(mode)}")
+            for entry in sorted(os.scandir(night.path), key=lambda e: e.name):
+                if not (NIGHT_RE.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+                    problems.append(f"unexpected entry in a night directory: {entry.path}")
+                    continue
+                exposure = self.mountain.exposures.get((night.name, entry.name))
+                if exposure is None:
+                    problems.append(f"{entry.path}: never published by the mountain")
+                    continue
+                problems += self.check_exposure(Path(entry.path), exposure)
+        return problems
+
+    def check_exposure(self, path: Path, exposure: Exposure) -> list[str]:
+        problems = []
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        if mode not in DIR_MODES:
+            problems.append(f"exposure directory {path} has mode {oct(mode)}")
+        files = {}
+        for entry in os.scandir(path):
+            if not entry.is_file(follow_symlinks=False):
+                problems.append(f"{entry.path}: not a regular file in an installed exposure")
+                continue
+            mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+            if mode != FILE_MODE:
+                problems.append(f"{entry.path} has mode {oct(mode)}, not 0o440")
+            try:
+                files[entry.name] = Path(entry.path).read_bytes()
+            except OSError as err:
+                problems.append(f"{entry.path}: unreadable ({err})")
+        text = files.pop(exposure.checksum_name, None)
+        if text is None:
+            return [*problems, f"{path}: installed without its checksum file"]
+        problems += self.check_content(str(path), exposure, text.decode(errors="replace"),
+                                       {n: sha256(c) for n, c in files.items()})
+        return problems
+
+    def check_content(self, where: str, exposure: Exposure, text: str,
+                      digests: dict[str, str]) -> list[str]:
+        """`digests` (name -> sha256, checksum file excluded) are exactly the files that
+        `text` names, with their bytes, and `text` is a published version."""
+        if text not in exposure.versions:
+            return [f"{where}: its checksum file is not one the mountain published for"
+                    f" {exposure.night}/{exposure.expid}"]
+        listed = parse_checksum(text) or {}
+        problems = [f"{where}/{name}: listed, missing" for name in sorted(set(listed)
+                                                                        - set(digests))]
+        problems += [f"{where}/{name}: present, not listed (e.g. an rsync temporary)"
+                     for name in sorted(set(digests) - set(listed))]
+        problems += [f"{where}/{name}: bytes differ from the checksum file (sha256"
+                     f" {digests[name][:12]}..., listed {listed[name][:12]}...)"
+                     for name in sorted(set(listed) & set(digests))
+                     if listed[name] != digests[name]]
+        return problems
+
+    def check_records(self) -> list[str]:
+        """Records tell the truth: installed markers, backup records."""
+        problems = []
+        if not self.stream_state.is_dir():
+            return problems
+        for marker in sorted(self.stream_state.glob("*/*.installed")):
+            night, expid = marker.parent.name, marker.name.split(".")[0]
+            if not (self.site.destination / night / expid).is_dir():
+                problems.append(f"{marker.relative_to(self.root)} says installed; "
+                                f"{night}/{expid} is not in the destination")
+        for path in sorted(self.stream_state.glob("*.backedup*")):
+            if not re.fullmatch(r"[0-9]{8}\.backedup(\.[0-9]+)?", path.name):
+                continue
+            record = read_json(path)
+            where = path.relative_to(self.root)
+            if record is None:
+                problems.append(f"{where}: unreadable backup record")
+                continue
+            night = path.name[:8]
+            archived = set()
+            for archive in record.get("archives", []):
+                name = archive.get("path") or f"{HPSS_DIR}/{archive.get('name')}"
+                archived.update(archive.get("exposures", []))
+                problems += self.check_archive_file(where, night, name,
+                                                    archive.get("exposures", []))
+            for expid in record.get("exposures", []):
+                if expid not in archived:
+                    problems.append(f"{where}: says {night}/{expid} is backed up; none of"
+                                    " its archives holds it")
+        return problems
+
+    def check_archive_file(self, where: Path, night: str, name: str,
+                           expids: list[str]) -> list[str]:
+        tar_path = self.tape / name.lstrip("/")
+        if not Path(f"{tar_path}.idx").is_file():
+            return [f"{where}: {name}.idx is not on tape"]
+        try:
+            contents = self.tar_contents(tar_path)
+        except (OSError, tarfile.TarError) as err:
+            return [f"{where}: {name} is unreadable ({err})"]
+        problems = []
+        for expid in expids:
+            exposure = self.mountain.exposures.get((night, expid))
+            members = contents.get(f"{night}/{expid}")
+            if exposure is None:
+                problems.append(f"{where}: names {night}/{expid}, never published")
+            elif not members:
+                problems.append(f"{where}: says {name} holds {night}/{expid}; it does not")
+            else:
+                text = members.pop(exposure.checksum_name, None)
+                members = dict(members)
+                if text is None:
+                    problems.append(f"{where}: {name} holds {night}/{expid} without its"
+                                    " checksum file")
+                else:
+                    problems += self.check_content(f"{name}:{night}/{expid}", exposure,
+                                                   text, members)
+        return problems
+
+    def tar_contents(self, tar_path: Path) -> dict[str, dict[str, str]]:
+        """NIGHT/EXPID -> {file: sha256, checksum file: its text}, cached per file."""
+        st = tar_path.stat()
+        key = (str(tar_path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self.tar_cache:
+            contents: dict[str, dict[str, str]] = collections.defaultdict(dict)
+            with tarfile.open(tar_path) as tar:
+                for info in tar:
+                    parts = info.name.split("/")
+                    if not info.isfile() or len(parts) != 3:
+                        continue
+                    data = tar.extractfile(info).read()
+                    value = (data.decode(errors="replace")
+                             if parts[2].startswith("checksum-") else sha256(data))
+                    contents[f"{parts[0]}/{parts[1]}"][parts[2]] = value
+            self.tar_cache[key] = dict(contents)
+        return {k: dict(v) for k, v in self.tar_cache[key].items()}
+
+    def check_audit(self) -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.audit", "--config", str(self.site.config_file)],
+            cwd=REPO, env=self.base_env(), capture_output=True, text=True, timeout=300)
+        if result.returncode == 0:
+            return []
+        tail = (result.stdout + result.stderr).strip().splitlines()[-8:]
+        return [f"audit exited {result.returncode}: " + " | ".join(tail)]
+
+    def held(self) -> list[str]:
+        """Exposures held by policy (a person is needed): not an invariant by itself."""
+        if not self.stream_state.is_dir():
+            return []
+        return sorted(f"{p.parent.name}/{p.name.split('.')[0]}"
+                      for p in self.stream_state.glob("*/*.checksummed.failed")
+                      if (read_json(p) or {}).get("held"))
+
+    def final_checks(self) -> list[str]:
+        """After the quiet phase: everything published is installed, every night is
+        caught up and backed up, and nobody had to intervene."""
+        problems = []
+        for night, expid in sorted(self.mountain.exposures):
+            if not (self.site.destination / night / expid).is_dir():
+                problems.append(f"{night}/{expid} published, never installed")
+            elif not (self.stream_state / night / f"{expid}.installed").is_file():
+                problems.append(f"{night}/{expid} installed, without its .installed marker")
+        for night in self.mountain.nights():
+            if not (self.stream_state / f"{night}.caughtup").is_file():
+                problems.append(f"night {night} never caught up")
+            record = read_json(self.stream_state / f"{night}.backedup")
+            if record is None:
+                problems.append(f"night {night} never backed up")
+                continue
+            archived = {e for a in record.get("archives", []) for e in a.get("exposures", [])}
+            for n, expid in sorted(self.mountain.exposures):
+                if n == night and expid not in archived:
+                    problems.append(f"{night}/{expid} is in no archive of its night's record")
+        problems += [f"{item} held by policy: a person is needed" for item in self.held()]
+        return problems
+
+    # ----------------------------------------------------------------- driver
+
+    def run_once(self, run: int, quiet: bool = False) -> RunResult:
+        first_line = len(self.sequence)
+        kinds = []
+        if not quiet:
+            self.new_exposures(run)
+            kinds = self.plan()
+        calls_before, requests_before = self.calls(), self.status.requests
+        env, kill_after, hpss = self.apply(run, kinds)
+        self.pending_problems = []
+        result = self.cron(run, env, kill_after)
+        self.status.set_status("active")
+        calls = self.calls() - calls_before
+        for kind in hpss:
+            took = {"htar_fail": calls["htar"], "htar_hang": calls["htar"],
+                    "hsi_fail": calls["hsi"],
+                    "hpss_down": self.status.requests > requests_before}[kind]
+            self.effective[kind] += bool(took)
+        if kill_after is not None:
+            self.effective["kill"] += result.killed
+            if result.killed:
+                self.killed_runs += 1
+        if result.returncode not in (0, None) and not result.killed:
+            self.failed_runs += 1
+        self.run_seconds.append(result.seconds)
+        status = ("killed" if result.killed else f"exit {result.returncode}")
+        if kill_after is not None and not result.killed:
+            status += f", ended before the kill at {kill_after} s"
+        self.log(f"run {run:3d}: {'(ran)':16s} {status} after {result.seconds:.1f} s")
+        for item in self.held():
+            if item not in self.problems_seen:
+                self.problems_seen.add(item)
+                print(f"note: run {run}: {item} is held by policy (verification failed"
+                      " max_attempts times)", flush=True)
+        problems = self.check(run)
+        new = [p for p in problems if p not in self.problems_seen]
+        self.problems_seen.update(problems)
+        if new:
+            self.fail(run, new, result)
+        if self.args.verbose:
+            print("\n".join(self.sequence[first_line:]), flush=True)
+        return result
+
+    def fail(self, run: int, problems: list[str], result: RunResult) -> None:
+        self.failures.append({"run": run, "problems": problems})
+        self.log(f"run {run:3d}: {'INVARIANT FAILURE':16s} " + " || ".join(problems))
+        print(f"\nINVARIANT FAILURE: seed {self.args.seed}, run {run} "
+              f"({'killed' if result.killed else f'exit {result.returncode}'})", flush=True)
+        for p in problems:
+            print(f"  - {p}")
+        if not self.args.keep_going:
+            print("\nfault sequence so far:")
+            for line in self.sequence:
+                print(f"  {line}")
+            tail = result.stderr.strip().splitlines()[-15:]
+            if tail:
+                print(f"\nrun {run} stderr (last lines):")
+                for line in tail:
+                    print(f"  | {line}")
+            print(f"\nkept for inspection: {self.root} (runs/{run:03d}.*, logs/, state/)")
+            raise InvariantFailure()
+
+    def soak(self) -> int:
+        start = time.monotonic()
+        print(f"fault soak: seed {self.args.seed}, {self.args.runs} runs + "
+              f"{self.args.quiet_runs} quiet, in {self.root}; audit {self.audit_note}",
+              flush=True)
+        outcome = 0
+        try:
+            for run in range(1, self.args.runs + 1):
+                self.run_once(run)
+                if run % 20 == 0:
+                    print(f"  ... {run} runs, {time.monotonic() - start:.0f} s", flush=True)
+            self.quiet_phase()
+        except InvariantFailure:
+            outcome = 1
+        self.seconds = time.monotonic() - start
+        if self.failures:
+            outcome = 1
+        self.summary(outcome)
+        if self.failures and self.args.keep_going:
+            print("\nfault sequence:")
+            for line in self.sequence:
+                print(f"  {line}")
+        if outcome == 0 and not self.args.keep:
+            remove_tree(self.root)
+        elif outcome:
+            print(f"kept: {self.root}")
+        self.status.close()
+        return outcome
+
+    def quiet_phase(self) -> None:
+        """No faults; the clock past the last night's backup hour; a few runs."""
+        last = max(self.mountain.nights(), default=night_of(self.now))
+        ready = (dt.datetime.strptime(last, "%Y%m%d").replace(tzinfo=dt.UTC)
+                 + dt.timedelta(days=1, hours=BACKUP_HOUR, minutes=30))
+        self.now = max(self.now, ready)
+        self.log(f"quiet phase: now {iso(self.now)}, no faults")
+        first = self.args.runs + 1
+        result = None
+        for run in range(first, first + self.args.quiet_runs):
+            result = self.run_once(run, quiet=True)
+        self.pending_problems = []
+        self.check_lingering(first + self.args.quiet_runs)
+        problems = self.pending_problems + self.final_checks()
+        if result is not None and result.returncode != 0:
+            problems.append(f"the last quiet run exited {result.returncode}: "
+                            + " | ".join(result.stderr.strip().splitlines()[-5:]))
+        if problems:
+            self.fail(first + self.args.quiet_runs - 1, problems, result)
+
+    def summary(self, outcome: int) -> None:
+        runs = len(self.run_seconds)
+        print(f"\nfault soak summary (seed {self.args.seed})")
+        print(f"  runs            {runs} ({self.args.runs} with faults + "
+              f"{runs - self.args.runs if runs > self.args.runs else 0} quiet), "
+              f"{self.killed_runs} killed, {self.failed_runs} exited non-zero")
+        if runs:
+            print(f"  seconds         {self.seconds:.0f} total, "
+                  f"{sum(self.run_seconds) / runs:.1f} per run, slowest "
+                  f"{max(self.run_seconds):.1f}")
+        print(f"  exposures       {len(self.mountain.exposures)} published in "
+              f"{len(self.mountain.nights())} nights; {self.events['new exposures']} on time")
+        print(f"  checks          {self.checks} after-run invariant checks "
+              f"({self.check_seconds:.1f} s); audit {self.audit_note}"
+              + (f" ({self.audit_seconds:.1f} s)" if self.audit else ""))
+        print(f"  {'fault':18s}{'injected':>9s}{'took effect':>13s}")
+        for kind in FAULTS:
+            print(f"  {kind:18s}{self.injected[kind]:9d}{self.effective[kind]:13d}")
+        print(f"  {'total':18s}{sum(self.injected.values()):9d}"
+              f"{sum(self.effective.values()):13d}")
+        problems = sum(len(f["problems"]) for f in self.failures)
+        print(f"  result          {'PASS' if outcome == 0 else 'FAIL'}"
+              + (f" ({problems} problem(s) in {len(self.failures)} run(s))" if problems else ""))
+        if self.args.summary_json:
+            Path(self.args.summary_json).write_text(json.dumps({
+                "seed": self.args.seed, "runs": runs, "killed": self.killed_runs,
+                "seconds": round(self.seconds, 1), "outcome": outcome,
+                "audit": self.audit_note, "failures": self.failures,
+                "sequence": self.sequence,
+                "faults": {k: {"injected": self.injected[k], "effective": self.effective[k]}
+                           for k in FAULTS},
+            }, indent=1))
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove_tree(root: Path) -> None:
+    """rm -r, read-only archive directories included."""
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="runs with faults")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quiet-runs", type=int, default=3,
+                        help="runs of the final quiet phase (no faults)")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help="comma-separated fault kinds to inject (default: all)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="report every new problem and carry on")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--workdir", help="parent of the temporary directory")
+    parser.add_argument("--no-audit", action="store_true", help="skip scripts.audit")
+    parser.add_argument("--summary-json", help="write the summary here as JSON")
+    parser.add_argument("--verbose", "-v", action="store_true", help="a line per run")
+    args = parser.parse_args(argv)
+    args.faults = [k for k in args.faults.split(",") if k]
+    unknown = set(args.faults) - set(FAULTS)
+    if unknown:
+        parser.error(f"unknown fault kind(s): {', '.join(sorted(unknown))}")
+    if shutil.which("rsync") is None:
+        parser.error("rsync is not installed (make system-packages)")
+    yaml.safe_dump({})  # the configuration is YAML: fail early if PyYAML is missing
+    return Soak(args).soak()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
