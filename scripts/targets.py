@@ -36,7 +36,7 @@ def scan_night(state: str | os.PathLike, stream: str, night: str) -> NightState:
             name = entry.name
             if name.endswith(".installed"):
                 found.installed.add(name[: -len(".installed")])
-            elif name.endswith(".checksummed" + FAILED):
+            elif name.endswith((".checksummed" + FAILED, ".staged" + FAILED)):
                 record = read_record(entry.path) or {}
                 if record.get("held"):
                     found.held.add(name.split(".", 1)[0])
