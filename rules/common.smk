@@ -166,8 +166,20 @@ def get_exposure_targets():
 
 
 def get_backup_history(stream, night):
-    """The archives recorded for a night, or None if it has no readable record."""
-    record = read_record(marker_path(STATE, stream, night, None, "backedup"))
+    """The archives recorded for a night, or None if it has no readable record.
+
+    An unreadable record is moved aside (``.bad``, kept for a person): Snakemake
+    would take the file as done, and the night's archives are then adopted again
+    from what the tape really holds.
+    """
+    marker = marker_path(STATE, stream, night, None, "backedup")
+    record = read_record(marker)
+    if record is None and marker.exists():
+        marker.rename(f"{marker}.bad")
+        logger.warning(
+            f"{marker} is unreadable: moved to {marker}.bad; the night's backup is"
+            " taken again from what its archives hold."
+        )
     return None if record is None else record.get("archives", [])
 
 

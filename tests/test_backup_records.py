@@ -232,6 +232,18 @@ def test_unreadable_record_is_rebuilt_from_the_archive_members(site, tape):
     assert created(tape) == [f"{HPSS_DIR}/{tar_name()}", f"{HPSS_DIR}/{tar_name(index=1)}"]
 
 
+def test_unreadable_record_with_nothing_new_is_rebuilt_too(site, tape):
+    site.exposure("00004110")
+    site.config["now"] = AFTER_BACKUP
+    site.run()
+    marker = site.marker(NIGHT, None, "backedup")
+    marker.write_text("garbage")  # newer than every input: Snakemake alone would keep it
+    site.run()
+    assert site.record(NIGHT, None, "backedup")["archives"][0]["exposures"] == ["00004110"]
+    assert Path(f"{marker}.bad").read_text() == "garbage"  # kept for a person
+    assert len([c for c in htar_calls(tape) if c[1] == "-cvhf"]) == 1  # adopted, not rewritten
+
+
 def test_a_tar_left_without_its_idx_is_written_again_under_its_own_name(site, tape):
     site.exposure("00004200")
     site.config["now"] = AFTER_BACKUP
