@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 SYSTEM_TOOLS := rsync ssh /usr/sbin/sshd dot flock
 SYSTEM_PACKAGES := rsync openssh-server openssh-client graphviz util-linux
 
-.PHONY: demo test lint format bench venv system-packages test-packages clean-demo
+.PHONY: demo test lint format bench venv system-packages test-packages clean-demo soak
 
 venv: $(VENV)/.installed
 
@@ -54,6 +54,13 @@ clean-demo:
 bench: venv system-packages
 	@test -x /usr/bin/time || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq time >/dev/null; } || echo "GNU time missing (apt-get install time): peak RSS will include the bench's Python"
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The fault soak (tests/fault_soak.py): seeded cron runs interleaved with faults, the
+# invariants checked after every run. `make test` runs a short version of it.
+SOAK_RUNS ?= 200
+SOAK_SEED ?= 1
+soak: venv system-packages
+	$(PY) tests/fault_soak.py --runs $(SOAK_RUNS) --seed $(SOAK_SEED) $(SOAK_ARGS)
 
 test: venv system-packages test-packages
 	$(PY) -m pytest

@@ -318,7 +318,7 @@ class Soak:
         self.soak_id = uuid.uuid4().hex
         self.now = START
         self.enabled = set(args.faults)
-        self.cover = [k for k in self.rng.sample(FAULTS, len(FAULTS)) if k in self.enabled]
+        self.cover = self.coverage_queue()
         self.sequence: list[str] = []
         self.injected: collections.Counter = collections.Counter()
         self.effective: collections.Counter = collections.Counter()
@@ -338,6 +338,15 @@ class Soak:
         self.checks = 0
         self.check_seconds = self.audit_seconds = 0.0
         self.configure()
+
+    def coverage_queue(self) -> list[str]:
+        """Every enabled kind once, in a seeded order, except that the HPSS faults come
+        in the order that keeps a due backup pending for the next one (down, hsi, htar
+        failing, then htar hanging, which lets the backup succeed)."""
+        queue = [k for k in self.rng.sample(FAULTS, len(FAULTS)) if k in self.enabled]
+        hpss = iter(["hpss_down", "hsi_fail", "htar_fail", "htar_hang"])
+        return [next(k for k in hpss if k in self.enabled) if kind in HPSS_FAULTS else kind
+                for kind in queue]
 
     # ----------------------------------------------------------------- set-up
 
@@ -431,7 +440,8 @@ class Soak:
                     kind in HPSS_FAULTS and set(kinds) & set(HPSS_FAULTS)):
                 continue
             kinds.append(kind)
-        population = [k for k in WEIGHTS if k in self.enabled and WEIGHTS[k] > 0]
+        population = [k for k in WEIGHTS if k in self.enabled and WEIGHTS[k] > 0
+                      and not (k in HPSS_FAULTS and set(self.cover) & set(HPSS_FAULTS))]
         for _ in range(self.rng.choice((0, 1, 1, 2))):
             kind = self.rng.choices(population, [WEIGHTS[k] for k in population])[0]
             if kind not in kinds and not (kind in HPSS_FAULTS
@@ -810,10 +820,14 @@ class Soak:
                     "hsi_fail": calls["hsi"],
                     "hpss_down": self.status.requests > requests_before}[kind]
             self.effective[kind] += bool(took)
+            if not took and not self.effective[kind]:
+                self.cover.insert(0, kind)  # not covered until it met a backup
         if kill_after is not None:
             self.effective["kill"] += result.killed
             if result.killed:
                 self.killed_runs += 1
+            elif not self.effective["kill"]:
+                self.cover.insert(0, "kill")
         if result.returncode not in (0, None) and not result.killed:
             self.failed_runs += 1
         self.run_seconds.append(result.seconds)
@@ -906,9 +920,10 @@ class Soak:
     def summary(self, outcome: int) -> None:
         runs = len(self.run_seconds)
         print(f"\nfault soak summary (seed {self.args.seed})")
-        print(f"  runs            {runs} ({self.args.runs} with faults + "
-              f"{runs - self.args.runs if runs > self.args.runs else 0} quiet), "
-              f"{self.killed_runs} killed, {self.failed_runs} exited non-zero")
+        print(f"  runs            {runs} ({min(runs, self.args.runs)} with faults + "
+              f"{max(0, runs - self.args.runs)} quiet; {self.args.runs} + "
+              f"{self.args.quiet_runs} planned), {self.killed_runs} killed, "
+              f"{self.failed_runs} exited non-zero")
         if runs:
             print(f"  seconds         {self.seconds:.0f} total, "
                   f"{sum(self.run_seconds) / runs:.1f} per run, slowest "
