@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from scripts.archive import WORKSPACE
 from scripts.backup import Tape, exposures_in
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import (
@@ -55,8 +56,6 @@ from scripts.markers import marker_path, read_record
 from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
-#: Entries of DESTINATION starting with this are the workflow's own workspace.
-WORKSPACE_PREFIX = ".desitransfer"
 #: Problems about the exposure directory itself, rather than one file in it.
 EXPOSURE = ""
 #: Escapes as Python's repr writes them; other control characters become \xNN.
@@ -280,7 +279,7 @@ def _kind(entry: os.DirEntry) -> str:
 
 def _hint(name: str) -> str:
     if name.startswith(".") and name.endswith(".installing"):
-        return " (left by an interrupted install; the next run starts it over)"
+        return " (an interrupted install's copy: compare it with the exposure, then remove it)"
     return ""
 
 
@@ -310,6 +309,9 @@ def audit_night(audit: Audit, state: Path, stream: Stream, night: str) -> dict |
         if markers:
             audit.problem(stream, night, f"night directory {directory} is missing, but"
                                          f" {len(markers)} exposures have .installed markers")
+        return record
+    except OSError as err:
+        audit.problem(stream, night, f"night directory cannot be examined ({err.strerror})")
         return record
     if stat.S_ISLNK(info.st_mode):
         audit.problem(stream, night, f"night directory is a symbolic link to"
@@ -350,7 +352,7 @@ def destination_nights(audit: Audit, stream: Stream) -> set[str]:
         return nights
     with entries:
         for entry in sorted(entries, key=lambda entry: entry.name):
-            if entry.name.startswith(WORKSPACE_PREFIX):
+            if entry.name.startswith(WORKSPACE):  # the workflow's own, never a night
                 continue
             if eight_digits(entry.name):
                 nights.add(entry.name)  # audit_night reports one that is not a directory

@@ -164,8 +164,8 @@ TAMPERING: dict[str, tuple[Callable[[Site], None], str]] = {
     "rsync temporary": (leave_rsync_temporary,
                         f"{NIGHT}: unexpected file .sky-00001003.fits.fz.Xq81Ab"),
     "interrupted install": (leave_installing_directory,
-                            f"{NIGHT}: unexpected directory .00001004.installing (left by an"
-                            " interrupted install; the next run starts it over)"),
+                            f"{NIGHT}: unexpected directory .00001004.installing (an interrupted"
+                            " install's copy: compare it with the exposure, then remove it)"),
     "stray file": (add_stray_file, f"{NIGHT}/00001001: notes.txt: present but not listed in"
                                    f" {checksum('00001001')}; mode 0o644, expected 0o440"),
     "link": (add_link, f"{OTHER}/00000901: sky-00000901.fits.fz: cannot be verified"
