@@ -6,8 +6,9 @@ For every installed exposure of every stream (or of one night, or one stream):
 
 * its files verify against its checksum file (mismatched, listed but missing, present
   but not listed are each a problem);
-* files are ``0o440``; the exposure's directories ``0o2750``, or ``0o2550`` once its
-  night's backup record names it; the night directory ``0o2750``, or ``0o2550`` once
+* files are ``0o440``; the exposure's directories ``0o2550`` once its night's backup
+  record names it (before, ``0o2750`` or already ``0o2550``: a backup under way or a
+  lost state); the night directory likewise, ``0o2550`` once
   the night has a backup record; a symbolic link anywhere in the archive is a problem;
 * a night directory holds 8-digit exposure directories and nothing else (an
   interrupted install's ``.EXPID.installing``, an rsync temporary, a stray file are
@@ -142,12 +143,22 @@ def link_target(path: str) -> str:
         return f"? ({err.strerror})"
 
 
-def _mode_problem(info: os.stat_result, expected: int) -> str | None:
+def _mode_problem(info: os.stat_result, expected: int | tuple[int, ...]) -> str | None:
+    allowed = expected if isinstance(expected, tuple) else (expected,)
     mode = stat.S_IMODE(info.st_mode)
-    return None if mode == expected else f"mode {mode:#o}, expected {expected:#o}"
+    if mode in allowed:
+        return None
+    return f"mode {mode:#o}, expected {' or '.join(f'{m:#o}' for m in allowed)}"
 
 
-def check_tree(directory: Path, dir_mode: int, findings: Findings) -> None:
+def directory_modes(on_tape: bool) -> tuple[int, ...]:
+    """The modes a directory may have: 0o2550 once a backup record names it; before,
+    0o2750 or already 0o2550 (locked for a backup not yet recorded: a backup in progress,
+    or a state that was lost)."""
+    return (DIR_MODE_BACKUP,) if on_tape else (DIR_MODE, DIR_MODE_BACKUP)
+
+
+def check_tree(directory: Path, dir_mode: tuple[int, ...], findings: Findings) -> None:
     """Record the modes and entry types below `directory` that are not as installed.
 
     Links are reported, never followed; other non-regular files likewise.
@@ -209,7 +220,7 @@ def audit_exposure(audit: Audit, stream: Stream, night: str, expid: str,
                    backed_up: bool) -> None:
     """Check one installed exposure's modes and bytes; report what is wrong."""
     directory = stream.destination_exposure(night, expid)
-    dir_mode = DIR_MODE_BACKUP if backed_up else DIR_MODE
+    dir_mode = directory_modes(backed_up)
     findings = Findings()
     try:
         wrong = _mode_problem(os.lstat(directory), dir_mode)
@@ -320,7 +331,7 @@ def audit_night(audit: Audit, state: Path, stream: Stream, night: str) -> dict |
     if not stat.S_ISDIR(info.st_mode):
         audit.problem(stream, night, f"{directory} is not a directory")
         return record
-    wrong = _mode_problem(info, DIR_MODE if record is None else DIR_MODE_BACKUP)
+    wrong = _mode_problem(info, directory_modes(record is not None))
     if wrong:
         audit.problem(stream, night, f"night directory {wrong}")
     try:

@@ -254,6 +254,7 @@ def back_up_night(config: dict, stream: Stream, night: str, expids: list[str],
     found, index = plan_archives(stream, night, [], listing)
     if found:
         archives = [adopt_archive(tape, stream, night, name, listing) for name in found]
+        set_tree_modes(stream.destination / night, DIR_MODE_BACKUP, None)  # as if written
         record = {"outcome": "adopted", "archives": archives,
                   "exposures": held_by(archives), "held": held}
         missing = not_backed_up(expids, archives)
