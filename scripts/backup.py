@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import joblog
 from scripts.catch_up import CatchUpError, catch_up_night
 from scripts.commands import run
 from scripts.configuration import Stream, get_streams
 from scripts.hpss import BackupError, hsi_list, htar_command, htar_members, parse_htar_created
+from scripts.job import run_job
 from scripts.markers import (
     marker_path,
     read_failure,
@@ -342,10 +342,8 @@ def run_backup(config: dict, stream: Stream, night: str, marker: Path, expids: l
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    sm = snakemake  # noqa: F821 (defined by Snakemake's script preamble)
-    joblog.setup(sm.log[0], marker=sm.output[0])
     os.umask(0o027)
-    ok = run_backup(sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
-                    Path(sm.output[0]), sm.params.exposures, sm.params.held, sm.threads,
-                    int(sm.wildcards.get("index", 0)))
-    sys.exit(0 if ok else 1)
+    run_job(snakemake, lambda sm: run_backup(  # noqa: F821 (Snakemake's preamble)
+        sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
+        Path(sm.output[0]), sm.params.exposures, sm.params.held, sm.threads,
+        int(sm.wildcards.get("index", 0))))
