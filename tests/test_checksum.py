@@ -524,16 +524,24 @@ def test_unreadable_file_is_mismatched_not_raised():
                 os.setuid(65534)
 
         # The checksum module is stdlib-only; as nobody, use an interpreter outside
-        # root's home (pyenv and the venv may live there).
+        # root's home (pyenv and the venv may live there), and a copy of the module
+        # beside the exposure: the checkout may sit where other users cannot enter.
+        code_dir = top.parent / f"{top.name}-code"
+        (code_dir / "scripts").mkdir(parents=True)
+        (code_dir / "scripts" / "__init__.py").write_text("")
+        shutil.copy(Path(__file__).resolve().parents[1] / "scripts" / "checksum.py",
+                    code_dir / "scripts" / "checksum.py")
+        for path in (code_dir, code_dir / "scripts"):
+            path.chmod(0o755)
         python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable
-        out = subprocess.run([python, "-c", code, str(top), CHECKSUM,
-                              str(Path(__file__).resolve().parents[1])],
+        out = subprocess.run([python, "-c", code, str(top), CHECKSUM, str(code_dir)],
                              capture_output=True, text=True, check=True,
                              preexec_fn=drop_privileges)
         ok, mismatched, files, reason = json.loads(out.stdout)
     finally:
         (top / "b.fits").chmod(0o644)
         shutil.rmtree(top)
+        shutil.rmtree(top.parent / f"{top.name}-code", ignore_errors=True)
     assert not ok
     assert mismatched == ["b.fits"]
     assert files == 1

@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 from conftest import NIGHT, planned_jobs
+from test_exposure_workflow import wait_for_exit
 
 from scripts.mountain import checksum_line
 from scripts.tar_archive import read_index, verify_archive
@@ -267,14 +268,6 @@ def test_backend_none_never_pretends_a_night_is_on_tape(site):
     assert not site.marker(NIGHT, None, "backedup").exists()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status  # a zombie has ended
-
-
 def test_a_terminated_backup_leaves_a_failure_record_and_no_htar_behind(site, tape):
     """Slurm ends a job over its time limit with SIGTERM: the attempt must be visible
     (a failure record) and must not leave htar running on its own."""
@@ -295,15 +288,12 @@ def test_a_terminated_backup_leaves_a_failure_record_and_no_htar_behind(site, ta
         assert run.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     htar_pid = [json.loads(line) for line in calls.read_text().splitlines()][-1]["pid"]
-    job = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-           and b"backup.py" in (p / "cmdline").read_bytes()
-           and b"snakemake" not in (p / "cmdline").read_bytes().split(b"\0")[0]]
-    assert len(job) == 1
-    os.kill(job[0], signal.SIGTERM)
+    # The job is htar's parent (commands.run starts it directly): read only htar's own
+    # /proc entry, never the machine's other processes.
+    job = int(Path(f"/proc/{htar_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert job != run.pid
+    os.kill(job, signal.SIGTERM)
     assert run.wait(timeout=60) != 0
     failure = site.failure(NIGHT, None, "backedup")
     assert failure["reason"].startswith("killed by SIGTERM") and failure["killed"]
-    deadline = time.monotonic() + 10
-    while _alive(htar_pid):
-        assert time.monotonic() < deadline, "htar outlived the terminated job"
-        time.sleep(0.05)
+    wait_for_exit([htar_pid], timeout=10)  # htar must not outlive the terminated job
