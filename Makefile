@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 SYSTEM_TOOLS := rsync ssh /usr/sbin/sshd dot flock
 SYSTEM_PACKAGES := rsync openssh-server openssh-client graphviz util-linux
 
-.PHONY: demo test lint format bench venv system-packages test-packages clean-demo soak
+.PHONY: demo test test-fast lint format bench venv test-venv system-packages test-packages \
+	clean-demo soak
 
 venv: $(VENV)/.installed
 
@@ -16,6 +17,13 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# The test runner, the SMTP server of the alert tests, and the linters.
+test-venv: $(VENV)/.test-installed
+
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $@
 
 # Install the system tools when missing: with apt-get as root, else say how.
@@ -59,17 +67,22 @@ bench: venv system-packages
 # invariants checked after every run. `make test` runs a short version of it.
 SOAK_RUNS ?= 200
 SOAK_SEED ?= 1
-soak: venv system-packages
+soak: test-venv system-packages
 	$(PY) tests/fault_soak.py --runs $(SOAK_RUNS) --seed $(SOAK_SEED) $(SOAK_ARGS)
 
-test: venv system-packages test-packages
+test: test-venv system-packages test-packages
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory lint
 
-lint: venv
+# The unit and small integration tests (no end-to-end workflow, Slurm or browser):
+# a minute on a 2-core machine, for the edit-test loop.
+test-fast: test-venv system-packages
+	$(PY) -m pytest -m "not slow and not slurm and not browser"
+
+lint: test-venv
 	$(VENV)/bin/snakemake --lint
 	$(VENV)/bin/snakefmt --check Snakefile rules/
 	$(VENV)/bin/ruff check scripts tests bench
 
-format: venv
+format: test-venv
 	$(VENV)/bin/snakefmt Snakefile rules/

@@ -12,7 +12,6 @@ from scripts.remote import rsync_shell, source_spec
 #: which copies nothing, follows the night's published links.
 BASE_FLAGS = ("--recursive", "--times", "--omit-dir-times")
 EXPID_GLOB = "[0-9]" * 8
-_EMPTY_LINE = re.compile(r"^(receiving|sending|sent [0-9]+ bytes|total size)")
 _EXPOSURE_LINE = re.compile(r"^([0-9]{8})/")
 
 
@@ -76,11 +75,6 @@ def rsync_command(
     command += rsync_shell(remote)
     command += [source_spec(remote, source.rstrip("/") + "/"), destination.rstrip("/") + "/"]
     return command
-
-
-def empty_rsync(output: str) -> bool:
-    """True when verbose rsync output reports no transferred file (as the original)."""
-    return all(_EMPTY_LINE.match(line) for line in output.splitlines() if line.strip())
 
 
 def changed_files(itemized: str) -> list[str]:

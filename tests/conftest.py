@@ -32,6 +32,24 @@ NIGHT = "20261127"
 NOW = "2026-11-28T16:00:00Z"
 
 
+#: Fixtures that run the real workflow: a test using one is marked slow.
+_WORKFLOW_FIXTURES = {"site", "sshd", "tape", "archive", "installed"}
+#: Modules marked as a whole, by what they start.
+_MODULE_MARKERS = {"test_slurm.py": ("slurm", "slow"), "test_status_page.py": ("browser", "slow"),
+                   "test_fault_soak.py": ("slow",)}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark each test by what it starts, so `make test-fast` (-m "not slow") runs the
+    unit and small integration tests only; `make test` runs everything."""
+    for item in items:
+        markers = set(_MODULE_MARKERS.get(item.path.name, ()))
+        if _WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            markers.add("slow")
+        for marker in sorted(markers):
+            item.add_marker(marker)
+
+
 def require_tool(name: str) -> str:
     """Path of a system tool the tests need; fail (not skip) with the install command."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
