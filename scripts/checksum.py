@@ -466,6 +466,75 @@ def _read_checksum(
     return data.decode("utf-8", errors="surrogateescape"), None
 
 
+@dataclass
+class _Tally:
+    """What one verification found so far."""
+
+    mismatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    files: int = 0
+    bytes: int = 0
+
+    def bad(self, name: str, why: str | None = None) -> None:
+        self.mismatched.append(name)
+        if why:
+            self.errors[name] = why
+
+
+def _hash_jobs(root: str, listing: ChecksumListing, tally: _Tally) -> list[tuple[int, str, str]]:
+    """The listed files to hash as (size, listed name, resolved relative path), largest
+    first; names that resolve outside, are absent or are not regular files go to `tally`."""
+    jobs = []
+    for name in listing.entries:
+        resolved = os.path.realpath(os.path.join(root, name))
+        if not _inside(root, resolved):
+            tally.bad(name, "resolves outside the directory")
+            continue
+        try:
+            info = os.stat(resolved)
+        except (FileNotFoundError, NotADirectoryError):
+            tally.missing.append(name)
+            continue
+        except OSError as error:
+            tally.bad(name, _error_text(error))
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            tally.bad(name, "not a regular file")
+            continue
+        jobs.append((info.st_size, name, os.path.relpath(resolved, root)))
+    # Largest first: the long hashes start early instead of finishing alone.
+    jobs.sort(key=lambda job: (-job[0], job[1]))
+    return jobs
+
+
+def _hash_all(root_fd: int, jobs: list[tuple[int, str, str]], listing: ChecksumListing,
+              threads: int, tally: _Tally) -> None:
+    """Hash `jobs` with `threads` threads and compare each digest with the listing."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [(name, pool.submit(_hash_below, root_fd, rel)) for _, name, rel in jobs]
+        for name, future in futures:
+            try:
+                digest, count = future.result()
+            except OSError as error:
+                tally.bad(name, _error_text(error))
+                continue
+            tally.files += 1
+            tally.bytes += count
+            if digest != listing.entries[name]:
+                tally.bad(name)
+
+
+def _unlisted(listing: ChecksumListing, present: set[str]) -> list[str]:
+    """Present files no listed name covers. A name below a listed path, e.g. a link
+    "sub" to a directory holding the listed "sub/x.fits", is covered by that listing."""
+    covered = set(listing.entries)
+    for name in listing.entries:
+        parts = name.split("/")
+        covered.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(present - covered)
+
+
 def _verify_listing(
     root: str,
     root_fd: int,
@@ -475,58 +544,11 @@ def _verify_listing(
     threads: int,
 ) -> VerificationResult:
     """Compare `listing` with the directory; see :func:`verify_exposure`."""
-    mismatched: list[str] = []
-    missing: list[str] = []
-    errors: dict[str, str] = {}
-    jobs: list[tuple[int, str, str]] = []  # (size, listed name, resolved relative)
-    for name in listing.entries:
-        resolved = os.path.realpath(os.path.join(root, name))
-        if not _inside(root, resolved):
-            mismatched.append(name)
-            errors[name] = "resolves outside the directory"
-            continue
-        try:
-            info = os.stat(resolved)
-        except (FileNotFoundError, NotADirectoryError):
-            missing.append(name)
-            continue
-        except OSError as error:
-            mismatched.append(name)
-            errors[name] = _error_text(error)
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            mismatched.append(name)
-            errors[name] = "not a regular file"
-            continue
-        jobs.append((info.st_size, name, os.path.relpath(resolved, root)))
-
-    # Largest first: the long hashes start early instead of finishing alone.
-    jobs.sort(key=lambda job: (-job[0], job[1]))
-    files = 0
-    hashed_bytes = 0
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = [
-            (name, pool.submit(_hash_below, root_fd, rel)) for _, name, rel in jobs
-        ]
-        for name, future in futures:
-            try:
-                digest, count = future.result()
-            except OSError as error:
-                mismatched.append(name)
-                errors[name] = _error_text(error)
-                continue
-            files += 1
-            hashed_bytes += count
-            if digest != listing.entries[name]:
-                mismatched.append(name)
-
-    # A name below a listed path, e.g. a link "sub" to a directory holding the
-    # listed "sub/x.fits", is covered by that listing rather than unlisted.
-    covered = set(listing.entries)
-    for name in listing.entries:
-        parts = name.split("/")
-        covered.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    unlisted = sorted(present - covered)
+    tally = _Tally()
+    _hash_all(root_fd, _hash_jobs(root, listing, tally), listing, threads, tally)
+    mismatched, missing, errors = tally.mismatched, tally.missing, tally.errors
+    files, hashed_bytes = tally.files, tally.bytes
+    unlisted = _unlisted(listing, present)
 
     ok = not (mismatched or missing or unlisted or listing.malformed or listing.unsafe)
     return VerificationResult(
