@@ -42,21 +42,32 @@ def utc_timestamp(when: dt.datetime | None = None) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_json_atomic(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Write `record` to `path` so that a reader sees the old or the new file, never half."""
+def write_bytes_atomic(path: str | os.PathLike, content: bytes, mode: int | None = None) -> None:
+    """Write `content` to `path` so that a reader sees the old or the new file, never half.
+
+    A temporary file beside `path`, flushed to disk, then renamed over it; with `mode`
+    the file gets those permissions (the status files are read by a web server).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write `record` as JSON to `path` atomically (`write_bytes_atomic`)."""
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    write_bytes_atomic(path, text.encode())
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:

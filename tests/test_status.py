@@ -15,6 +15,7 @@ import pytest
 from conftest import NIGHT, REPO
 
 import scripts.status as status
+import scripts.status.reading
 from scripts.markers import (
     failure_path,
     marker_path,
@@ -275,8 +276,8 @@ def test_rebuild_reads_only_the_nights_that_changed(known, monkeypatch):
     age(state)
     status.write_status(known, page=False)
     reads = []
-    real = status.read_record
-    monkeypatch.setattr(status, "read_record", lambda p: reads.append(Path(p)) or real(p))
+    real = status.reading.read_record
+    monkeypatch.setattr(status.reading, "read_record", lambda p: reads.append(Path(p)) or real(p))
     status.write_status(known, page=False)
     assert [p for p in reads if state in p.parents] == []
     exposure(state, "20270103", "00001401", "2027-01-04T02:10:00Z")
@@ -359,8 +360,8 @@ def test_command_reads_only_the_nights_it_shows(known, tmp_path, monkeypatch, ca
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(known))
     reads = []
-    real = status.read_record
-    monkeypatch.setattr(status, "read_record", lambda p: reads.append(Path(p)) or real(p))
+    real = status.reading.read_record
+    monkeypatch.setattr(status.reading, "read_record", lambda p: reads.append(Path(p)) or real(p))
     status.main(["--config", str(config), "--nights", "2"])
     state = Path(known["state"], STREAM)
     read_nights = {p.parent.name if p.parent != state else p.name[:8]

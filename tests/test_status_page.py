@@ -16,7 +16,8 @@ import pytest
 from test_status import DEGRADED, MISMATCH, STREAM, build_state
 
 import scripts.status as status
-from scripts.status_page import nice_ticks, render
+from scripts.status.page import render
+from scripts.status.plots import nice_ticks
 
 NIGHTS = ["20270103", "20270102", "20270101", "20261231", "20261230", "20261101"]
 NIGHT_CLASSES = {"20270103": "progress", "20270102": "attention", "20270101": "attention",

@@ -1,0 +1,47 @@
+"""How numbers and times read, on the page and in the command's tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from scripts.status.model import parse_time
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def short_time(value: Any) -> str:
+    """``11-29 02:11:46``: a night spans two UTC dates, so the date stays."""
+    when = value if isinstance(value, dt.datetime) else parse_time(value)
+    return "" if when is None else when.strftime("%m-%d %H:%M:%S")
+
+
+def duration(seconds: float | None) -> str:
+    """``42 s``, ``3.5 min``, ``2.1 h``; empty when unknown."""
+    if seconds is None or seconds != seconds:  # None or NaN
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as aligned text columns (the first row's keys are the header)."""
+    if not rows:
+        return "(nothing recorded yet)"
+    headers = list(rows[0])
+    cells = [[str(r[h]) for h in headers] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in cells]
+    return "\n".join(lines)

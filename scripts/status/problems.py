@@ -1,0 +1,247 @@
+"""What needs a person: the one definition, used by the alerts, the page and
+``python -m scripts.status --failures``.
+
+A failure needs a person when the workflow will not fix it alone. Per kind:
+
+staging (``EXPID.staged.failed``)
+    held (its links lead outside the exposure, or its attempts ran out on a failure of
+    the exposure itself), or failed ``verify.max_attempts`` times in a row for any
+    other reason (a full disk, the network: it is retried, but someone must look).
+verification (``EXPID.checksummed.failed``)
+    held, exhausted, or installed although it failed (``on_failure: install``).
+install (``EXPID.installed.failed``)
+    any failure: install is local bookkeeping, it fails only for a reason a person
+    must remove.
+catch-up (``EXPID.updated.failed``, ``NIGHT.caughtup.failed``)
+    a late file that failed re-verification, at once; a catch-up that could not run
+    at all, after ``verify.max_attempts`` failed attempts.
+backup (``NIGHT.backedup[.N].failed``)
+    after ``verify.max_attempts`` failed attempts (HPSS has short outages the retries
+    ride out), and a night that left the look-back window without a backup.
+listing
+    the mountain unreachable for ``alerts.unreachable_runs`` consecutive runs, and
+    each malformed link.
+configuration
+    a refused configuration (nothing runs until it is fixed).
+any record with ``exception``
+    an unexpected error in a rule script (a bug or the environment), at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.escaping import printable
+from scripts.markers import FAILED, failure_path, marker_path, read_record
+from scripts.remote import first_night
+from scripts.status.model import NightStatus
+from scripts.status.reading import (
+    NightFiles,
+    directory_names,
+    listing_cache_path,
+    read_night,
+    scan_stream,
+)
+from scripts.status.run_records import configuration_path, unreachable_path
+
+#: The words a person reads for each stage.
+LABELS = {"staged": "staging", "checksummed": "verification", "installed": "install",
+          "updated": "catch-up", "caughtup": "catch-up", "backedup": "backup",
+          "listing": "listing", "configuration": "configuration"}
+ALL_STREAMS = "all streams"
+STALE_ACTION = "back it up by hand or raise lookback_nights"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A failure that needs a person, with what to do about it. Every text field is
+    printable (`scripts.escaping.printable`): it goes to mail headers and the page."""
+
+    stream: str
+    night: str          # NIGHT, or "" for a problem of the whole run
+    expid: str | None
+    stage: str          # the marker stage (checksummed, backedup.1…), listing, configuration
+    reason: str
+    attempts: int | str
+    time: str
+    action: str
+    record: str         # the file that holds it: remove or fix it to clear the problem
+    subject_item: str = ""  # what the problem is about when not a night (host, file, link)
+
+    @property
+    def item(self) -> str:
+        if self.subject_item:
+            return self.subject_item
+        return self.night if self.expid is None else f"{self.night}/{self.expid}"
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.stage.split(".")[0], self.stage)
+
+    @property
+    def key(self) -> str:
+        """What makes it the same problem from run to run (the alert ledger's key)."""
+        return "|".join((self.stream, self.item, self.stage))
+
+
+def _exhausted(record: dict, max_attempts: int) -> bool:
+    attempts = record.get("attempts")
+    return bool(record.get("exhausted")) or (isinstance(attempts, int)
+                                             and attempts >= max_attempts)
+
+
+def _record_file(night: NightStatus, expid: str | None, stage: str, state: str) -> str:
+    return str(failure_path(marker_path(state, night.stream, night.night, expid, stage)))
+
+
+def exposure_action(stage: str, record: dict, max_attempts: int, record_file: str) -> str | None:
+    """What a person should do about an exposure's failure record, or None if nothing."""
+    if record.get("exception"):
+        return ("an unexpected error (the rule log under STATE/logs has the traceback); fix"
+                " its cause: the next run tries again")
+    if stage == "staged" and record.get("held"):
+        why = "attempts exhausted" if record.get("exhausted") else "held"
+        return (f"it cannot be staged ({why});"
+                f" the night goes on without it. Fix it at the mountain, then remove"
+                f" {record_file} to stage it again")
+    if stage == "checksummed" and record.get("held"):
+        return f"fix the data (it stays in staging), then remove {record_file} to verify again"
+    if stage == "checksummed" and (record.get("policy") == "install" or record.get("exhausted")):
+        return ("installed although verification failed (on_failure: install): compare the"
+                " files with the mountain and fix the archive copy")
+    if stage == "installed":
+        return "it cannot be installed: remove the cause the reason names; the next run retries"
+    if stage == "updated":
+        return ("a late file did not verify; the archive keeps the verified copy. Compare"
+                f" with the mountain, then remove {record_file}")
+    if stage == "staged" and _exhausted(record, max_attempts):
+        return (f"staging failed {record.get('attempts')} times and is retried every run:"
+                " remove the cause the reason names (disk, network, mountain)")
+    return None
+
+
+def night_action(stage: str, record: dict, max_attempts: int, done: bool) -> str | None:
+    """What a person should do about a night's failure record, or None if nothing."""
+    if record.get("exception"):
+        return ("an unexpected error (the rule log under STATE/logs has the traceback); fix"
+                " its cause: the next run tries again")
+    if done and stage == "caughtup":
+        return None  # the catch-up ran; its failed exposures carry their own records
+    if not _exhausted(record, max_attempts):
+        return None
+    return (f"{LABELS.get(stage.split('.')[0], stage)} failed {record.get('attempts')} times"
+            " and is retried every run: check the rule's log"
+            + (" and HPSS" if stage.startswith("backedup") else ""))
+
+
+def _problem(night: NightStatus, expid: str | None, stage: str, record: dict, action: str,
+             record_file: str) -> Problem:
+    return Problem(night.stream, night.night, expid, stage,
+                   printable(record.get("reason", "?")), record.get("attempts", "?"),
+                   printable(record.get("time", "")), printable(action), printable(record_file))
+
+
+def find_problems(night: NightStatus, state: str | os.PathLike,
+                  max_attempts: int) -> list[Problem]:
+    """The failures of one night (its exposures' and its own) that need a person."""
+    state = str(state)
+    out = []
+    for expid, exposure in sorted(night.exposures.items()):
+        for stage, record in sorted(exposure.failures.items()):
+            path = _record_file(night, expid, stage, state)
+            action = exposure_action(stage, record, max_attempts, path)
+            if action is not None:
+                out.append(_problem(night, expid, stage, record, action, path))
+    for stage, record in sorted(night.failures.items()):
+        action = night_action(stage, record, max_attempts, done=stage in night.stages)
+        if action is not None:
+            out.append(_problem(night, None, stage, record, action,
+                                _record_file(night, None, stage, state)))
+    return out
+
+
+def stale_backup_reason(config: dict) -> str:
+    """Why an old night without a backup needs a person: the workflow stopped looking."""
+    return (f"not backed up and older than lookback_nights ({config['lookback_nights']}):"
+            " the workflow no longer schedules it")
+
+
+def _stale_backup(config: dict, stream: str, night: str, files: NightFiles,
+                  names: list[str], oldest: str) -> Problem | None:
+    if (night >= oldest or config["backup"]["backend"] == "none"
+            or f"{night}.backedup" in files.files
+            or not any(n.endswith(".installed") for n in names)):
+        return None
+    record = marker_path(config["state"], stream, night, None, "backedup")
+    return Problem(stream, night, None, "backedup", stale_backup_reason(config), "", "",
+                   STALE_ACTION, str(record))
+
+
+def stream_problems(config: dict, stream: str, now: dt.datetime,
+                    index: dict[str, NightFiles] | None = None) -> list[Problem]:
+    """What needs a person in the whole state of a stream, malformed links included.
+
+    Lists the night directories but reads only the failure records (and, for nights
+    older than the look-back window, nothing but names): fast on a large archive.
+    """
+    state = config["state"]
+    index = scan_stream(state, stream) if index is None else index
+    oldest = first_night(now, config["lookback_nights"])
+    out = []
+    for night, files in sorted(index.items(), reverse=True):
+        names = directory_names(Path(state, stream, night)) if files.directory else []
+        if any(n.endswith(FAILED) for n in [*names, *files.files]):
+            status = read_night(state, stream, night, files, only_failures=True)
+            status.stages = {n[9:]: {} for n in files.files if not n.endswith(FAILED)}
+            out += find_problems(status, state, config["verify"]["max_attempts"])
+        stale = _stale_backup(config, stream, night, files, names, oldest)
+        if stale is not None:
+            out.append(stale)
+    return out + malformed_links(state, stream)
+
+
+def malformed_links(state: str | os.PathLike, stream: str) -> list[Problem]:
+    """One problem per malformed link in the stream's last listing."""
+    path = listing_cache_path(state, stream)
+    listing = read_record(path) or {}
+    return [Problem(stream, "", None, "listing", "malformed symlink", "", "",
+                    "a link on the mountain is not SOURCE/NIGHT/EXPID; it is skipped. Fix or"
+                    " remove it at the mountain", str(path), subject_item=printable(link))
+            for link in listing.get("malformed", [])]
+
+
+def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> list[Problem]:
+    """The problems of the whole run: a refused configuration, an unreachable mountain."""
+    state = config["state"]
+    out = []
+    refused = read_record(configuration_path(state))
+    if refused is not None:
+        out.append(Problem(ALL_STREAMS, "", None, "configuration", printable(refused["reason"]),
+                           refused.get("attempts", ""), refused.get("time", ""),
+                           "nothing is transferred until the configuration is fixed",
+                           str(configuration_path(state)),
+                           subject_item=printable(refused.get("file") or config_file)))
+    unreachable = read_record(unreachable_path(state)) or {}
+    runs = unreachable.get("runs", 0)
+    if runs >= config["alerts"]["unreachable_runs"]:
+        host = str(config.get("remote", {}).get("host", "?"))
+        out.append(Problem(
+            ALL_STREAMS, "", None, "listing",
+            printable(f"mountain unreachable for {runs} consecutive runs:"
+                      f" {unreachable.get('reason', '?')}"),
+            runs, unreachable.get("since", ""),
+            "check the host, the network and the ssh keys; transfers resume by themselves",
+            str(unreachable_path(state)), subject_item=printable(host)))
+    return out
+
+
+def all_problems(config: dict, now: dt.datetime) -> list[Problem]:
+    """Everything that needs a person, every stream and the run: the one list the
+    alerts mail, the page shows and ``--failures`` prints."""
+    out = run_problems(config)
+    for stream in config["streams"]:
+        out += stream_problems(config, stream, now)
+    return out

@@ -1,0 +1,162 @@
+"""The report (everything the page shows, read from the state) and the rebuild of the
+status files after a run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scripts import __version__
+from scripts.configuration import get_now, with_defaults
+from scripts.markers import read_record
+from scripts.status import reading
+from scripts.status.backlog import classify, night_backlog
+from scripts.status.latency import LatencySummary, latency_summary
+from scripts.status.model import BacklogItem, NightStatus
+from scripts.status.problems import Problem, run_problems, stream_problems
+from scripts.status.year_files import write_year_files
+
+log = logging.getLogger("status")
+
+PAGE = "index.html"
+PAGE_NIGHTS = 30
+
+
+@dataclass
+class Report:
+    """Everything the status page shows, read from the state."""
+
+    generated: dt.datetime
+    now: dt.datetime
+    config: dict
+    nights: list[NightStatus]                 # newest first, every stream
+    problems: list[Problem]                   # everything that needs a person
+    backlog: list[BacklogItem]
+    hpss: dict | None
+    listings: dict[str, dt.datetime | None]   # stream -> time of the last listing
+    latency: LatencySummary                   # over the nights shown
+    version: str = __version__
+    year_files: list[str] = field(default_factory=list)  # relative to the page
+
+
+def status_directory(config: dict) -> Path:
+    """STATUS: the ``status`` key, by default ``STATE/status``."""
+    return Path(config.get("status") or Path(config["state"], "status"))
+
+
+def year_file_directory(config: dict, stream: str) -> Path:
+    """Where a stream's year files go: STATUS itself, or STATUS/STREAM with several streams."""
+    base = status_directory(config)
+    return base if len(config["streams"]) == 1 else base / stream
+
+
+def recent_nights(config: dict, stream: str, count: int,
+                  index: dict[str, reading.NightFiles] | None = None) -> list[NightStatus]:
+    """The `count` newest nights of a stream (state and last listing), read in full."""
+    state = config["state"]
+    index = reading.scan_stream(state, stream) if index is None else index
+    listing, _ = reading.read_listing(state, stream)
+    names = sorted(set(index) | set(listing), reverse=True)[:count]
+    return [reading.read_night(state, stream, n, index.get(n, reading.NightFiles()),
+                               listing.get(n, ()))
+            for n in names]
+
+
+def judge_nights(config: dict, nights: list[NightStatus], problems: list[Problem],
+                 now: dt.datetime, hpss: dict | None) -> list[BacklogItem]:
+    """Colour each night by its problems and backlog; return the backlog."""
+    backlog = []
+    for night in nights:
+        items = night_backlog(night, now, config, hpss)
+        backlog += items
+        mine = [p for p in problems if p.stream == night.stream and p.night == night.night]
+        classify(night, mine, items, config)
+    return backlog
+
+
+def build_report(config: dict, now: dt.datetime | None = None,
+                 nights: int = PAGE_NIGHTS) -> Report:
+    """Read the state into what the page shows: recent nights, problems, backlog."""
+    config = with_defaults(config)
+    now = now or get_now(config)
+    state = config["state"]
+    hpss = read_record(reading.hpss_status_path(state))
+    shown, problems, listings = [], run_problems(config), {}
+    for stream in config["streams"]:
+        index = reading.scan_stream(state, stream)
+        problems += stream_problems(config, stream, now, index)
+        listings[stream] = reading.read_listing(state, stream)[1]
+        shown += recent_nights(config, stream, nights, index)
+    backlog = judge_nights(config, shown, problems, now, hpss)
+    shown.sort(key=lambda n: (n.night, n.stream), reverse=True)
+    latency = latency_summary(e for n in shown for e in n.exposures.values())
+    return Report(dt.datetime.now(dt.UTC), now, config, shown, problems, backlog, hpss,
+                  listings, latency)
+
+
+def write_status(config: dict, now: dt.datetime | None = None, page: bool = True,
+                 settle: float | None = None) -> list[Path]:
+    """Rebuild every status file from the state: the year files, then the page.
+
+    Returns
+    -------
+    list of Path
+        The files written (the page last).
+    """
+    config = with_defaults(config)
+    directory = status_directory(config)
+    files = []
+    for stream in config["streams"]:
+        extra = {} if settle is None else {"settle": settle}
+        files += write_year_files(config["state"], stream,
+                                  year_file_directory(config, stream), **extra)
+    if page:
+        from scripts.status.page import write_page  # Jinja2 and pandas: only for the page
+
+        report = build_report(config, now)
+        report.year_files = [str(f.relative_to(directory)) for f in files]
+        files.append(write_page(report, directory / PAGE))
+    return files
+
+
+def _status_log(config: dict) -> logging.Handler:
+    logs = Path(config["state"], "logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / "status.log", errors="backslashreplace")
+    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    return handler
+
+
+def rebuild_after_run(config: dict) -> str:
+    """Snakemake's onsuccess/onerror (and the cron entry after a refused configuration):
+    rebuild the status files; one line for the log.
+
+    Writing the status files must not turn a good transfer into a failed run: an
+    error (a full disk, a permission, a configuration the page cannot use) is logged
+    to ``STATE/logs/status.log`` and reported in the returned line.
+    """
+    handler: logging.Handler = logging.NullHandler()
+    start = time.monotonic()
+    try:
+        config = with_defaults(config)
+        handler = _status_log(config)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        files = write_status(config)
+        line = (f"Status files rebuilt from the state in {time.monotonic() - start:.1f} s;"
+                f" status page: {files[-1].absolute()}")
+        log.info(line)
+        return line
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        line = (f"Status files NOT rebuilt ({type(err).__name__}: {err}); the transfers are"
+                " not affected. Fix it, then run: python -m scripts.status --write")
+        log.error(line)
+        return line
+    finally:
+        log.removeHandler(handler)
+        handler.close()
