@@ -13,6 +13,18 @@ from scripts.remote import rsync_shell, source_spec
 BASE_FLAGS = ("--recursive", "--times", "--omit-dir-times")
 EXPID_GLOB = "[0-9]" * 8
 _EXPOSURE_LINE = re.compile(r"^([0-9]{8})/")
+#: ``rsync: [receiver] write failed on "/x/y": No space left on device (28)``
+_MESSAGE = re.compile(r"^rsync:\s*\[(?P<role>\w+)\]\s.*?: (?P<text>[^:]+) \((?P<errno>[0-9]+)\)$")
+_PATH = re.compile(r'"([^"]*)"')
+_IO_TIMEOUT = re.compile(r"io timeout after ([0-9]+) seconds")
+#: The errors a person can act on, as rsync writes them (strerror) and in our words.
+#: Errors of the receiving side (this machine) are the environment's, not the exposure's.
+ENVIRONMENT_ERRORS = {
+    "No space left on device": "no space left on device",
+    "Disk quota exceeded": "disk quota exceeded",
+    "Read-only file system": "read-only file system",
+    "Permission denied": "permission denied",
+}
 
 
 def rsync_command(
@@ -75,6 +87,42 @@ def rsync_command(
     command += rsync_shell(remote)
     command += [source_spec(remote, source.rstrip("/") + "/"), destination.rstrip("/") + "/"]
     return command
+
+
+def root_cause(stderr: str, where: str = "staging") -> tuple[str, bool] | None:
+    """The root cause of a failed rsync, in one line, from its stderr; and whether it
+    is the environment's (a full, read-only or forbidden disk here; a stalled
+    connection) rather than the exposure's.
+
+    rsync reports a full disk at the receiver first and then, from the sender, the
+    broken pipe it caused (``[sender] write error: Broken pipe (32)``): the receiver's
+    error is the cause. An error of the sender is at the mountain (an unreadable
+    file there).
+
+    Returns
+    -------
+    (str, bool) or None
+        ``("no space left on device (staging, /path)", True)``; None when rsync's
+        messages name nothing better than its exit status.
+    """
+    found = []
+    for line in stderr.splitlines():
+        timeout = _IO_TIMEOUT.search(line)
+        if timeout:
+            return f"timed out after {timeout.group(1)} s without data (rsync --timeout)", True
+        message = _MESSAGE.match(line.strip())
+        if message is None or message["text"] not in ENVIRONMENT_ERRORS:
+            continue
+        here = message["role"].lower() in ("receiver", "generator")
+        path = _PATH.search(line)
+        place = where if here else "at the mountain"
+        words = ENVIRONMENT_ERRORS[message["text"]]
+        found.append((not here, f"{words} ({place}, {path[1]})" if path else f"{words} ({place})",
+                      here))
+    if not found:
+        return None
+    _, reason, here = min(found, key=lambda item: item[0])  # this machine's error first
+    return reason, here
 
 
 def changed_files(itemized: str) -> list[str]:

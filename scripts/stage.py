@@ -10,6 +10,12 @@ in place and adoption.
 Every fetch first checks the exposure's links at the mountain (scripts/links.py) and
 copies from the directory the published link resolves to. An exposure whose links
 lead outside it is held: its failure record says why, and a person decides.
+
+Staging has a policy like verification: an exposure whose rsync fails
+``verify.max_attempts`` times for a reason of its own (an unreadable file at the
+mountain, say) is held (``"held": true, "exhausted": true``) so that its night goes on
+without it; a full disk or the network is retried every run and holds nothing. Reasons
+name the root cause ("no space left on device (staging, /path)"), not rsync's echo.
 """
 
 import logging
@@ -25,10 +31,18 @@ from scripts.archive import discard, recover
 from scripts.commands import CommandResult, run
 from scripts.configuration import Stream, get_streams
 from scripts.links import LinkCheckError, UnsafeLinkError, resolve_exposure
-from scripts.markers import marker_path, read_failure, write_failure, write_marker
-from scripts.rsync import rsync_command
+from scripts.markers import (
+    failure_path,
+    marker_path,
+    read_failure,
+    write_failure,
+    write_marker,
+)
+from scripts.rsync import root_cause, rsync_command
 
 log = logging.getLogger("stage")
+#: rsync's exit statuses for a connection that failed or stalled (not the exposure's fault).
+CONNECTION_STATUSES = {5, 10, 12, 14, 30, 35, 255}
 
 
 def tree_size(top: str | os.PathLike) -> tuple[int, int]:
@@ -66,6 +80,41 @@ def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Path, dele
     return run(command, timeout=remote["transfer_timeout"])
 
 
+def rsync_failure_reason(result: CommandResult, what: str) -> tuple[str, bool]:
+    """The one-line reason of a failed rsync of `what` (NIGHT/EXPID), root cause first,
+    and whether the cause is the environment's (disk, network) rather than the exposure's.
+    """
+    if result.timed_out or result.missing:
+        return f"{result.describe()} for {what}", True
+    cause = root_cause(result.stderr)
+    environment = result.returncode in CONNECTION_STATUSES or bool(cause and cause[1])
+    if cause is None:
+        return f"rsync problem ({result.describe()}) detected for {what}", environment
+    return f"{cause[0]}; rsync of {what} exited with status {result.returncode}", environment
+
+
+def record_rsync_failure(marker: Path, what: str, result: CommandResult, attempt: int,
+                         max_attempts: int) -> None:
+    """Write the failure record of a failed rsync, applying the staging policy.
+
+    After `max_attempts` failures of the exposure's own (not a full disk or the network,
+    which hold nothing and are retried every run) the exposure is held: no later run
+    stages it, its night is caught up and backed up without it, and a person is
+    mailed; removing the record releases it.
+    """
+    reason, environment = rsync_failure_reason(result, what)
+    exhausted = attempt >= max_attempts
+    held = exhausted and not environment
+    log.error("%s, check logs! (attempt %d of %d)%s", reason, attempt, max_attempts,
+              f"; held: fix it, then remove {failure_path(marker)} to stage it again"
+              if held else "")
+    log.error("rsync stdout: %s", result.stdout.strip()[-2000:])
+    extra = {"held": True, "policy": "hold"} if held else {}
+    write_failure(marker, reason, attempt, command=list(result.command),
+                  timed_out=result.timed_out, stderr=result.stderr[-2000:],
+                  environment=environment, exhausted=exhausted, **extra)
+
+
 def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
                    published: str | None = None) -> bool:
     """Stage `night`/`expid` of `stream`; write its marker or its failure record.
@@ -95,8 +144,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
             "published": published,
         })
         return True
-    previous = read_failure(marker) or {}
-    attempt = previous.get("attempts", 0) + 1
+    attempt = (read_failure(marker) or {}).get("attempts", 0) + 1
     staging.mkdir(parents=True, exist_ok=True)
     try:
         result = fetch(config["remote"], stream, night, expid, staging, delete=True)
@@ -108,14 +156,12 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
         return False
     except LinkCheckError as err:
         log.error("%s (attempt %d)", err, attempt)
-        write_failure(marker, str(err), attempt, timed_out=err.timed_out)
+        write_failure(marker, str(err), attempt, timed_out=err.timed_out, environment=True,
+                      exhausted=attempt >= config["verify"]["max_attempts"])
         return False
     if not result.ok:
-        reason = f"rsync problem ({result.describe()}) detected for {night}/{expid}"
-        log.error("%s, check logs! (attempt %d)", reason, attempt)
-        log.error("rsync stdout: %s", result.stdout.strip()[-2000:])
-        write_failure(marker, reason, attempt, command=list(result.command),
-                      timed_out=result.timed_out, stderr=result.stderr[-2000:])
+        record_rsync_failure(marker, f"{night}/{expid}", result, attempt,
+                             config["verify"]["max_attempts"])
         return False
     size, files = tree_size(staging)
     log.info("staged %s/%s: %d files, %d bytes in %.1f s", night, expid, files, size,
