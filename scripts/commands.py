@@ -97,6 +97,7 @@ def run(
             preexec_fn=_die_with(os.getpid()),
         )
     except FileNotFoundError:
+        log.debug("not found: %s", command[0])
         return CommandResult(command, None, "", "", 0.0, missing=True)
     RUNNING.add(proc)
     try:
@@ -109,7 +110,9 @@ def run(
     finally:
         RUNNING.discard(proc)
     seconds = time.monotonic() - start
-    return CommandResult(command, proc.returncode, out, err, seconds, timed_out)
+    result = CommandResult(command, proc.returncode, out, err, seconds, timed_out)
+    log.debug("%s in %.1f s", "exited 0" if result.ok else result.describe(), seconds)
+    return result
 
 
 def kill_running() -> None:

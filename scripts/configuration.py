@@ -25,6 +25,21 @@ LOCAL_HOST = "local"
 NOW_YEARS = (1970, 2999)
 
 
+#: What a key must be given another key (the schema's if/then/else), in words.
+COMBINATIONS = {
+    ("backup.archive", "then"): "is required when backup.backend is tar (the directory"
+                                " the tar archives are written to)",
+    ("backup.archive", "else"): "is used only when backup.backend is tar; remove it, or set"
+                                " backup.backend: tar",
+    ("backup.hpss_bin", "then"): "is required when backup.backend is htar (where hsi and"
+                                 " htar live)",
+    ("alerts.smtp", "then"): "must be HOST:PORT (port 1-65535) when alerts.to has"
+                             " recipients",
+    ("alerts.from", "then"): "must be an e-mail address (or null) when alerts.to has"
+                             " recipients",
+}
+
+
 class ConfigurationError(Exception):
     """A configuration problem a user can fix; the message is one line."""
 
@@ -57,9 +72,9 @@ def describe_validation_error(
         message = f"unknown key ({message})"
     elif error.validator == "pattern" and path[-1:] == ["checksum_file"]:
         message = f"{error.instance!r} may use only the fields {{night}} and {{exposure}}"
-    if "then" in error.schema_path and key == "backup.archive":
-        message = ("is required when backup.backend is tar (the directory the tar"
-                   " archives are written to)")
+    branch = next((b for b in ("then", "else") if b in error.absolute_schema_path), None)
+    if branch is not None:
+        message = COMBINATIONS.get((key, branch), message)
     where = ", ".join(str(f) for f in files) or "configuration"
     return f"{where}: {key}: {message}; see README.md, section Configuration"
 

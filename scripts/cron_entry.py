@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The cron entry: run the workflow once, safely, from cron.
 
-    scripts/cron_entry.py [CONFIG] [SNAKEMAKE ARGS...]
+    scripts/cron_entry.py [--debug] [CONFIG] [SNAKEMAKE ARGS...]
+    scripts/cron_entry.py --version
 
 CONFIG defaults to the ``config.yaml`` beside the Snakefile; further arguments go to
 Snakemake. The entry exits 0 at once when the kill file exists or when another run
@@ -23,14 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.alerts import (
-    Problem,
-    count_unreachable,
-    listing_failures,
-    send_alerts,
-    state_problems,
-)
-from scripts.configuration import ConfigurationError, load_yaml, with_defaults
+from scripts import __version__
+from scripts.alerts import send_alerts
+from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
+from scripts.joblog import file_handler
+from scripts.status.problems import all_problems, run_problems
+from scripts.status.report import rebuild_after_run
+from scripts.status.run_records import count_unreachable, listing_failures, record_configuration
 from scripts.run_lock import ENV_FD, lock_path, try_lock
 
 log = logging.getLogger("desitransfer.cron")
@@ -40,17 +40,15 @@ LOG_BYTES = 10 * 2**20
 LOG_BACKUPS = 10
 
 
-def setup_logging(directory: Path) -> None:
+def setup_logging(directory: Path, debug: bool = False) -> None:
+    """The cron log, rotated; a name with any bytes is written escaped, never lost."""
     directory.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(directory / "desi_transfer.log", maxBytes=LOG_BYTES,
-                                  backupCount=LOG_BACKUPS)
-    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
+    handler = file_handler(directory / "desi_transfer.log", RotatingFileHandler,
+                           maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
     # The parent logger: the alerts module's records go to the same file.
     parent = logging.getLogger("desitransfer")
     parent.addHandler(handler)
-    parent.setLevel(logging.INFO)
+    parent.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def prune_snakemake_logs(workdir: Path, keep: int = KEEP_SNAKEMAKE_LOGS) -> None:
@@ -60,35 +58,61 @@ def prune_snakemake_logs(workdir: Path, keep: int = KEEP_SNAKEMAKE_LOGS) -> None
         path.unlink(missing_ok=True)
 
 
+def configuration_error(stderr: str, config_file: Path) -> str | None:
+    """The line in which the workflow refused the configuration, if it did."""
+    return next((line for line in stderr.splitlines()
+                 if line.startswith("desitransfer:") and str(config_file) in line), None)
+
+
 def alert(config: dict, config_file: Path, state: Path, run_start: float,
           stderr: str) -> None:
-    """Mail what needs a person; never let a mail problem fail the transfer."""
-    streams = list(config.get("streams") or {})
-    problems = state_problems(state, streams)
-    unreachable = listing_failures(state, streams, since=run_start)
-    runs = count_unreachable(state, bool(unreachable))
-    if runs >= config["alerts"]["unreachable_runs"]:
-        host = config.get("remote", {}).get("host", "?")
-        problems.append(Problem(
-            "all streams", host, "listing", "mountain unreachable",
-            f"{runs} consecutive runs could not list the mountain ({unreachable[0]}). Check the"
-            " host, the network and the ssh keys; transfers resume by themselves."))
-    config_errors = [line for line in stderr.splitlines()
-                     if line.startswith("desitransfer:") and str(config_file) in line]
-    if config_errors:
-        problems.append(Problem("all streams", str(config_file), "configuration",
-                                "invalid configuration",
-                                f"{config_errors[0]}. Nothing is transferred until it is fixed."))
+    """Record the run's own problems, then mail what needs a person (the problems the
+    status page and ``scripts.status --failures`` show); never fail the transfer for it.
+    """
+    refused = configuration_error(stderr, config_file)
     try:
+        record_configuration(state, str(config_file), refused)
+        streams = list(config.get("streams") or {})
+        # A refused configuration lists nothing: the unreachable count stays as it was.
+        count_unreachable(state, None if refused else
+                          listing_failures(state, streams, since=run_start))
+        if refused:  # Snakemake stopped before it could rebuild the page: show it there
+            log.info(rebuild_after_run(config))
+        problems = current_problems(config, refused)
         sent = send_alerts(state, config["alerts"], problems)
-    except OSError as err:  # the ledger's disk: log, never fail the transfer for it
+    except OSError as err:  # the state's disk: log, never fail the transfer for it
         log.error("alerts not processed: %s", err)
         return
     if sent["new"] or sent["resolved"]:
         log.info("alerts: %d new, %d resolved", sent["new"], sent["resolved"])
 
 
+def current_problems(config: dict, refused: str | None) -> list:
+    """Everything that needs a person; with a refused configuration that the status
+    code cannot read either, at least the run's own problems (the refusal itself)."""
+    try:
+        return all_problems(config, get_now(config))
+    except (ConfigurationError, KeyError, TypeError, ValueError):
+        if refused is None:
+            raise
+        return run_problems(config)
+
+
+def own_options(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """The cron entry's own switches, taken out of `argv`: (rest, --version, --debug).
+
+    ``--debug`` logs every command line and its outcome, in the cron log and in every
+    rule log (it sets the ``debug`` key); ``-d`` stays Snakemake's ``--directory``.
+    """
+    rest = [a for a in argv if a not in ("-V", "--version", "--debug")]
+    return rest, any(a in ("-V", "--version") for a in argv), "--debug" in argv
+
+
 def main(argv: list[str]) -> int:
+    argv, version, debug = own_options(argv)
+    if version:
+        print(f"desitransfer-workflow {__version__}")
+        return 0
     os.umask(0o027)  # lock, log and state files: never writable by other users
     config_file = Path(argv[0]) if argv and not argv[0].startswith("-") else REPO / "config.yaml"
     extra = argv[1:] if argv and not argv[0].startswith("-") else argv
@@ -98,7 +122,8 @@ def main(argv: list[str]) -> int:
         print(f"desitransfer: {err}", file=sys.stderr)
         return 2
     state = Path(config.get("state") or "state")
-    setup_logging(Path(config.get("logs") or state / "logs"))
+    debug = debug or config.get("debug") is True
+    setup_logging(Path(config.get("logs") or state / "logs"), debug)
     kill_file = Path(os.path.expanduser(config["kill_file"]))
     if kill_file.exists():
         log.info("%s detected, not running (remove it to resume transfers).", kill_file)
@@ -110,8 +135,9 @@ def main(argv: list[str]) -> int:
     workdir = Path.cwd()
     # --nolock: the run lock held here (and handed down) is the one that counts.
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--nolock",
-               *extra, "--configfile", str(config_file)]
-    log.info("starting: %s", " ".join(command))
+               *extra, *(["--config", "debug=True"] if debug else []),
+               "--configfile", str(config_file)]
+    log.info("starting (desitransfer-workflow %s): %s", __version__, " ".join(command))
     run_start = time.time()
     start = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,

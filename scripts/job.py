@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from scripts import joblog
+from scripts import __version__, joblog
 from scripts.markers import read_failure, write_failure
 
 log = logging.getLogger("job")
@@ -57,7 +57,10 @@ def _traceback_to_log_file() -> None:
 def run_job(sm: Any, work: Callable[[Any], bool]) -> NoReturn:
     """Run `work(sm)` as the job of Snakemake object `sm`; exit 0 only on success."""
     marker = sm.output[0]
-    joblog.setup(sm.log[0], marker=marker)
+    debug = bool(sm.config.get("debug"))
+    joblog.setup(sm.log[0], level=logging.DEBUG if debug else logging.INFO, marker=marker)
+    log.info("%s %s (desitransfer-workflow %s%s)", sm.rule, "/".join(sm.wildcards),
+             __version__, ", debug" if debug else "")
     try:
         ok = work(sm)
     except Exception as error:  # noqa: BLE001 (the one place every failure is recorded)

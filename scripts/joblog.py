@@ -13,23 +13,37 @@ from scripts.commands import kill_running
 from scripts.markers import read_failure, write_failure
 
 
+def utc_formatter() -> logging.Formatter:
+    """The one log line format of the workflow: ``2026-11-29T02:11:46Z LEVEL message``."""
+    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    return formatter
+
+
+def file_handler(path: str | os.PathLike, handler_class: type = logging.FileHandler,
+                 **options) -> logging.FileHandler:
+    """A log file handler that never fails on a name: a byte that is not UTF-8 (from a
+    file name at the mountain) is written escaped, never as "--- Logging error ---"."""
+    handler = handler_class(path, encoding="utf-8", errors="backslashreplace", **options)
+    handler.setFormatter(utc_formatter())
+    return handler
+
+
 def setup(log_file: str | None, level: int = logging.INFO, marker: str | None = None) -> None:
     """Send log records to `log_file` (UTC timestamps) and errors to stderr too.
 
     An operator reading the cron log at 3 a.m. sees the error line at once; the
     rule's log file keeps the whole story. With `marker`, a SIGTERM leaves the
-    failure record of that marker (see `record_termination`).
+    failure record of that marker (see `record_termination`). At ``logging.DEBUG``
+    (the ``debug`` configuration key) every command line and its outcome is logged.
     """
-    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
+    formatter = utc_formatter()
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
     if log_file:
-        to_file = logging.FileHandler(log_file)
-        to_file.setFormatter(formatter)
-        root.addHandler(to_file)
+        root.addHandler(file_handler(log_file))
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setLevel(logging.ERROR if log_file else level)
     to_stderr.setFormatter(formatter)
