@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
-from scripts.escaping import printable
+from scripts.escaping import printable, printable_lines
 from scripts.markers import read_record, utc_timestamp, write_json_atomic
 from scripts.status.problems import Problem
 
@@ -61,7 +61,7 @@ def message(alerts: dict, subject_line: str, text: str) -> EmailMessage:
     mail["Subject"] = header(subject_line)
     mail["From"] = header(alerts.get("from") or default_sender())
     mail["To"] = ", ".join(header(a) for a in alerts["to"])
-    mail.set_content(text, charset="utf-8")
+    mail.set_content(printable_lines(text), charset="utf-8")
     return mail
 
 

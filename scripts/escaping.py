@@ -32,3 +32,8 @@ def printable(text: object) -> str:
         else:
             out.append(char.encode("unicode_escape").decode("ascii"))
     return "".join(out)
+
+
+def printable_lines(text: object) -> str:
+    """`printable`, line by line: the line breaks of a text (a mail body) are kept."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))

@@ -18,13 +18,18 @@ _MESSAGE = re.compile(r"^rsync:\s*\[(?P<role>\w+)\]\s.*?: (?P<text>[^:]+) \((?P<
 _PATH = re.compile(r'"([^"]*)"')
 _IO_TIMEOUT = re.compile(r"io timeout after ([0-9]+) seconds")
 #: The errors a person can act on, as rsync writes them (strerror) and in our words.
-#: Errors of the receiving side (this machine) are the environment's, not the exposure's.
-ENVIRONMENT_ERRORS = {
+ERRORS = {
     "No space left on device": "no space left on device",
     "Disk quota exceeded": "disk quota exceeded",
     "Read-only file system": "read-only file system",
     "Permission denied": "permission denied",
+    "Operation not permitted": "operation not permitted",
+    "No such file or directory": "no such file or directory",
 }
+#: Those that, on the receiving side (this machine), are the environment's (a whole
+#: disk), not one exposure's: they hold nothing, the next run tries again.
+ENVIRONMENT_ERRORS = {"No space left on device", "Disk quota exceeded", "Read-only file system",
+                      "Permission denied"}
 
 
 def rsync_command(
@@ -111,18 +116,18 @@ def root_cause(stderr: str, where: str = "staging") -> tuple[str, bool] | None:
         if timeout:
             return f"timed out after {timeout.group(1)} s without data (rsync --timeout)", True
         message = _MESSAGE.match(line.strip())
-        if message is None or message["text"] not in ENVIRONMENT_ERRORS:
+        if message is None or message["text"] not in ERRORS:
             continue
         here = message["role"].lower() in ("receiver", "generator")
         path = _PATH.search(line)
         place = where if here else "at the mountain"
-        words = ENVIRONMENT_ERRORS[message["text"]]
+        words = ERRORS[message["text"]]
         found.append((not here, f"{words} ({place}, {path[1]})" if path else f"{words} ({place})",
-                      here))
+                      here and message["text"] in ENVIRONMENT_ERRORS))
     if not found:
         return None
-    _, reason, here = min(found, key=lambda item: item[0])  # this machine's error first
-    return reason, here
+    _, reason, environment = min(found, key=lambda item: item[0])  # this machine's first
+    return reason, environment
 
 
 def changed_files(itemized: str) -> list[str]:

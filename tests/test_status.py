@@ -15,7 +15,6 @@ import pytest
 from conftest import NIGHT, REPO
 
 import scripts.status as status
-import scripts.status.reading
 from scripts.markers import (
     failure_path,
     marker_path,
