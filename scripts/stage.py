@@ -115,6 +115,19 @@ def record_rsync_failure(marker: Path, what: str, result: CommandResult, attempt
                   environment=environment, exhausted=exhausted, **extra)
 
 
+def adopt(marker: Path, destination: Path, published: str | None) -> None:
+    """Mark an exposure found in the destination without a marker (state lost, or
+    installed by the original daemon) for verification in place, not a second copy."""
+    start = time.monotonic()
+    size, files = tree_size(destination)
+    log.info("%s is already in the destination without a marker: it will be verified in"
+             " place and adopted, not copied again.", destination)
+    write_marker(marker, {
+        "location": "destination", "outcome": "adopted", "bytes": size, "files": files,
+        "duration": round(time.monotonic() - start, 3), "attempt": 1, "published": published,
+    })
+
+
 def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
                    published: str | None = None) -> bool:
     """Stage `night`/`expid` of `stream`; write its marker or its failure record.
@@ -133,16 +146,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
     start = time.monotonic()
     recover(stream.destination, night, expid)
     if destination.is_dir() and not staging.exists():
-        size, files = tree_size(destination)
-        log.info(
-            "%s/%s is already in %s without a marker: it will be verified in place"
-            " and adopted, not copied again.", night, expid, destination,
-        )
-        write_marker(marker, {
-            "location": "destination", "outcome": "adopted", "bytes": size, "files": files,
-            "duration": round(time.monotonic() - start, 3), "attempt": 1,
-            "published": published,
-        })
+        adopt(marker, destination, published)
         return True
     attempt = (read_failure(marker) or {}).get("attempts", 0) + 1
     staging.mkdir(parents=True, exist_ok=True)

@@ -308,3 +308,53 @@ def test_key_combinations_are_one_line(backup, alerts, expected):
     assert line is not None and expected in line and "\n" not in line, line
     assert describe_validation_error({**config, "backup": {"backend": "none"},
                                       "alerts": {"smtp": "mail:99999"}}, ["x"]) is None
+
+
+# --------------------------------------------------------------------------- switches
+
+
+def test_version_and_debug(site):
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    shown = subprocess.run([sys.executable, str(REPO / "scripts" / "cron_entry.py"), "-V"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout == f"desitransfer-workflow {version}\n"
+    site.exposure("00007500")
+    result = cron(site, "--debug")
+    assert result.returncode == 0, result.stderr
+    assert f"starting (desitransfer-workflow {version})" in cron_log(site)
+    stage_log = (site.state / "logs" / STREAM / NIGHT / "00007500.staged.log").read_text()
+    assert f"stage_exposure {STREAM}/{NIGHT}/00007500 (desitransfer-workflow {version}," \
+           " debug)" in stage_log
+    assert " DEBUG running: rsync --recursive" in stage_log and " DEBUG exited 0 in " in \
+        stage_log
+    page = (site.state / "status" / "index.html").read_text()
+    assert f'<span id="version">{version}</span>' in page
+    assert "median of 1 · p95" in page  # the latency card: published → installed
+
+
+def test_latency_from_publication_to_installed(tmp_path, capsys):
+    from scripts.markers import marker_path, write_marker
+    from scripts.status import latency_summary, main, read_night
+
+    state = tmp_path / "state"
+    for i, minutes in enumerate([1, 2, 3, 4, 30]):
+        expid = f"{7600 + i:08d}"
+        write_marker(marker_path(state, STREAM, NIGHT, expid, "staged"), {
+            "published": "2026-11-28T02:00:00Z", "outcome": "staged"})
+        write_marker(marker_path(state, STREAM, NIGHT, expid, "installed"), {
+            "time": f"2026-11-28T02:{minutes:02d}:00Z"})
+    write_marker(marker_path(state, STREAM, NIGHT, "00007700", "staged"), {
+        "outcome": "staged"})  # no publication time: not counted
+    summary = latency_summary(read_night(state, STREAM, NIGHT).exposures.values())
+    assert (summary.count, summary.median, summary.p95, summary.worst) == (5, 180, 1800, 1800)
+    assert summary.worst_exposure == f"{NIGHT}/00007604"
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"state": str(state), "now": "2026-11-28T16:00:00Z",
+                                  "remote": {"host": "local"}, "streams": {STREAM: {}}}))
+    assert main(["--config", str(config), "--latency", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["p95_seconds"] == 1800
+    main(["--config", str(config)])
+    assert "(5 exposures): median 3.0 min, p95 30.0 min, worst 30.0 min" in \
+        capsys.readouterr().out

@@ -3,6 +3,7 @@
     python -m scripts.status [--config FILE] [--nights N]   # the last nights
     python -m scripts.status --night NIGHT                   # one night's exposures
     python -m scripts.status --failures                      # what needs a person
+    python -m scripts.status --latency                       # published → installed
     python -m scripts.status --json ...                      # the same for machines
     python -m scripts.status --write                         # rebuild files and page
 
@@ -21,7 +22,7 @@ from scripts.configuration import ConfigurationError, get_now, load_yaml, with_d
 from scripts.markers import read_record
 from scripts.status import reading
 from scripts.status.formatting import duration, format_table, human_bytes, short_time
-from scripts.status.latency import latency_summary
+from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import ExposureStatus, NightStatus
 from scripts.status.problems import Problem, all_problems, find_problems
 from scripts.status.report import judge_nights, recent_nights, write_status
@@ -106,6 +107,21 @@ def _chosen_nights(config: dict, night: str | None, count: int) -> list[NightSta
     return chosen
 
 
+def latency_text(latency: LatencySummary) -> str:
+    if not latency.count:
+        return "No installed exposure with a publication time in these nights."
+    return (f"Latency, published → installed ({latency.count} exposures): median"
+            f" {duration(latency.median)}, p95 {duration(latency.p95)}, worst"
+            f" {duration(latency.worst)} ({latency.worst_exposure})")
+
+
+def latency_output(config: dict, night: str | None, count: int, as_json: bool):
+    """``--latency``: publication → installed over the nights chosen (median, p95, worst)."""
+    nights = _chosen_nights(config, night, count)
+    latency = latency_summary(e for n in nights for e in n.exposures.values())
+    return latency.as_dict() if as_json else latency_text(latency)
+
+
 def nights_output(config: dict, now: dt.datetime, night: str | None, count: int,
                   as_json: bool):
     """The table of the last nights (or one night's exposures), latency and backlog."""
@@ -124,11 +140,9 @@ def nights_output(config: dict, now: dt.datetime, night: str | None, count: int,
         rows = [summary_row(n) for n in nights]
         text = format_table([_summary_text(r) for r in rows])
     if as_json:
-        return rows if night else {"nights": rows, "latency": latency.as_dict()}
+        return rows
     if latency.count:
-        text += (f"\n\nLatency, published → installed ({latency.count} exposures): median"
-                 f" {duration(latency.median)}, p95 {duration(latency.p95)}, worst"
-                 f" {duration(latency.worst)} ({latency.worst_exposure})")
+        text += "\n\n" + latency_text(latency)
     if backlog:
         text += "\n\nBacklog (due, not done):\n" + "\n".join(
             f"  {b.stream} {b.night} {b.stage}: {b.why}" for b in backlog)
@@ -144,6 +158,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nights", type=int, default=10, help="how many recent nights")
     parser.add_argument("--night", help="the exposures of one night (YYYYMMDD)")
     parser.add_argument("--failures", action="store_true", help="what needs a person")
+    parser.add_argument("--latency", action="store_true",
+                        help="publication → installed latency (median, p95, worst)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--write", action="store_true",
                         help="rebuild STATUS/desi_transfer_status_YYYY.json and index.html")
@@ -186,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if args.failures:
         output = failures_output(config, now, args.json)
+    elif args.latency:
+        output = latency_output(config, args.night, args.nights, args.json)
     else:
         output = nights_output(config, now, args.night, args.nights, args.json)
     if args.json:
