@@ -2,11 +2,12 @@
 # (the markers and failure records) at the end of every run that did something,
 # successful or not, so the page shows the failures too. `onsuccess` does not fire
 # when there was nothing to do: then nothing changed. By hand, or after a change
-# outside the workflow: python -m scripts.status --write.
+# outside the workflow: python -m scripts.status --write. The code is in
+# scripts/status/ (report.py rebuilds; page.py renders templates/index.html.j2).
 
 from snakemake.logging import logger
 
-from scripts.status import rebuild_after_run
+from scripts.status.report import rebuild_after_run
 
 
 # The target rule `all` is a job on every run, so onsuccess fires even when nothing
