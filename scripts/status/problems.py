@@ -195,6 +195,7 @@ def stream_problems(config: dict, stream: str, now: dt.datetime,
         names = directory_names(Path(state, stream, night)) if files.directory else []
         if any(n.endswith(FAILED) for n in [*names, *files.files]):
             status = read_night(state, stream, night, files, only_failures=True)
+            # Which night-level markers exist is all `night_action` needs of them.
             status.stages = {n[9:]: {} for n in files.files if not n.endswith(FAILED)}
             out += find_problems(status, state, config["verify"]["max_attempts"])
         stale = _stale_backup(config, stream, night, files, names, oldest)
