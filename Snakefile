@@ -12,6 +12,7 @@ min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)
 from scripts.configuration import describe_validation_error
+from scripts.lanes import start_activity
 from scripts.run_lock import RunLockBusy, hold
 
 # The bundled config.yaml is the default only: a --configfile replaces it rather
@@ -33,17 +34,27 @@ include: "rules/night.smk"
 include: "rules/status.smk"
 
 
-# One run at a time, whoever starts it (see scripts/run_lock.py). onstart fires for
-# real runs only: -n, --dag and --lint take no lock.
+# One run per lane at a time, whoever starts it (see scripts/run_lock.py); a run
+# without a lane takes every lane's lock. onstart fires for real runs only: -n, --dag
+# and --lint take no lock. The lane's activity record says what the run works on.
 onstart:
     try:
-        hold(config["state"])
+        hold(STATE, RUN_LANES)
     except RunLockBusy as err:
         sys.exit(f"desitransfer: {err}")
+    start_activity(STATE, RUN_LANES, RUN_ID, get_activity())
 
 
-# Only pending work: done exposures and nights never enter the DAG.
-TARGETS = get_exposure_targets() + get_night_targets() + get_listing_failure_targets()
+# Only pending work: done exposures and nights never enter the DAG. A lane plans its
+# own work only, and runs only its own rules (Snakemake's --allowed-rules): the night
+# lane's DAG has the exposures' markers as inputs and must never re-run one of them.
+TARGETS = []
+if LANE != "nights":
+    TARGETS += get_exposure_targets() + get_listing_failure_targets()
+if LANE != "exposures":
+    TARGETS += get_night_targets()
+if LANE and workflow.dag_settings is not None:
+    workflow.dag_settings.allowed_rules = frozenset(LANE_RULES[LANE])
 
 
 # Run in the main process even with a cluster executor: the target rule, the

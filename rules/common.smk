@@ -4,9 +4,14 @@
 # "Speed") and must never print to stdout (that would corrupt --dag output).
 
 import datetime as dt
+import hashlib
+import json
+import shlex
 import sys
+from pathlib import Path
 
 from snakemake.logging import logger
+from snakemake.settings.types import DeploymentMethod
 
 from scripts.configuration import (
     ConfigurationError,
@@ -15,19 +20,24 @@ from scripts.configuration import (
     get_streams,
 )
 from scripts.hpss import hpss_status
+from scripts.lanes import LANE_RULES, LaneError, describe_plan, get_lane, get_run_id
 from scripts.markers import (
     failure_path,
     marker_path,
     read_record,
     utc_timestamp,
     write_failure,
+    write_json_atomic,
 )
 from scripts.remote import RemoteError, first_night, list_exposures
+from scripts.run_lock import LANES
 from scripts.status import listing_cache_path, record_hpss_status
 from scripts.targets import (
     due,
     marker_nights,
+    newest_first,
     night_exposures,
+    night_ready,
     not_backed_up,
     pending_exposures,
     scan_night,
@@ -46,6 +56,16 @@ FIRST_NIGHT = first_night(NOW, config["lookback_nights"])
 # `snakemake --lint` parses the workflow to read its rules and runs nothing:
 # it must not need the mountain.
 LINTING = "--lint" in sys.argv
+# The lane of this run (scripts/lanes.py): exposures, nights, or None for all the work.
+try:
+    LANE = get_lane()
+except LaneError as err:
+    sys.exit(f"desitransfer: {err}")
+RUN_LANES = (LANE,) if LANE else LANES
+# The run this parse belongs to: the listing cache answers only parses of this run.
+RUN_ID = get_run_id()
+# What this run works on, for its lane's activity record (see the Snakefile's onstart).
+PLAN = {"exposures": [], "night_stages": [], "pending": 0, "listed": None}
 
 
 wildcard_constraints:
@@ -86,11 +106,15 @@ def get_listing(stream):
             FIRST_NIGHT,
             cache_file=cache,
             cache_seconds=config["remote"]["listing_cache"],
+            run_id=RUN_ID,
         )
     except RemoteError as err:
         write_failure(cache, str(err), 1)
         return None, f"desitransfer: stream {stream.name}: {err}"
     failure_path(cache).unlink(missing_ok=True)
+    epoch = (read_record(cache) or {}).get("epoch")
+    if isinstance(epoch, (int, float)):
+        PLAN["listed"] = min(PLAN["listed"] or epoch, epoch)
     return listing, None
 
 
@@ -115,11 +139,13 @@ def get_listings():
                 "SOURCE/NIGHT/EXPID with 8-digit NIGHT and EXPID. Skipping."
             )
         if listing.locked:
-            logger.info(
-                f"Checksums are being computed at the mountain "
-                f"({config['remote']['checksum_lock']} exists on "
-                f"{config['remote']['host']}): no transfer is planned this run."
-            )
+            # Said once per cron invocation: by the exposure lane (or a run of all).
+            if LANE != "nights":
+                logger.info(
+                    f"Checksums are being computed at the mountain "
+                    f"({config['remote']['checksum_lock']} exists on "
+                    f"{config['remote']['host']}): no transfer is planned this run."
+                )
             return {}, {}
         listings[name] = listing
     if errors and not listings:
@@ -156,13 +182,91 @@ def get_night_state(stream, night):
 
 
 def get_exposure_targets():
-    """Installed-markers of the listed exposures still pending, every stream."""
-    targets = []
+    """Installed-markers of the listed exposures still pending, every stream: in the
+    exposure lane at most `exposures_per_run` of them, the newest night first, so that
+    a backlog drains over many short runs, each with a fresh listing."""
+    pending = []
     for name, listing in LISTINGS.items():
         nights = {n: get_night_state(name, n) for n in listing.nights()}
-        for night, expid in pending_exposures(listing.exposures, nights):
-            targets.append(str(marker_path(STATE, name, night, expid, "installed")))
-    return targets
+        pending += [
+            (name, night, expid)
+            for night, expid in pending_exposures(listing.exposures, nights)
+        ]
+    limit = config["exposures_per_run"] if LANE == "exposures" else None
+    planned = newest_first(pending, limit)
+    PLAN.update(exposures=planned, pending=len(pending))
+    return [str(marker_path(STATE, s, n, e, "installed")) for s, n, e in planned]
+
+
+def get_activity():
+    """What this run works on, for its lanes' activity records (scripts/lanes.py)."""
+    listed = PLAN["listed"]
+    return {
+        "on": describe_plan(PLAN["exposures"], PLAN["night_stages"]),
+        "exposures": len(PLAN["exposures"]),
+        "pending": PLAN["pending"],
+        "night_stages": len(PLAN["night_stages"]),
+        "listed": listed and utc_timestamp(dt.datetime.fromtimestamp(listed, dt.UTC)),
+        "listed_epoch": listed,
+    }
+
+
+def get_priority(stage):
+    """Priority function of an exposure stage (0 stage, 1 verify, 2 install): the
+    newest night's jobs first, and within a night the later stages first, so that
+    tonight's exposures are installed before the backlog planned with them."""
+    ranks = {}
+
+    def priority(wildcards):
+        if not ranks:
+            nights = sorted({night for _, night, _ in PLAN["exposures"]})
+            ranks.update({night: rank for rank, night in enumerate(nights)})
+        return 3 * ranks.get(wildcards.night, 0) + stage
+
+    return priority
+
+
+def get_job_config():
+    """The configuration of the jobs, as a JSON file named by its content under
+    STATE/.config: a job process reads it instead of importing Snakemake."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(STATE, ".config", f"config-{digest}.json")
+    if not LINTING and not path.exists():
+        write_json_atomic(path, json.loads(text))
+    return str(path)
+
+
+def get_job_python():
+    """The interpreter of the jobs: the conda environment's with --sdm conda, else
+    Snakemake's own."""
+    deployment = getattr(workflow, "deployment_settings", None)
+    methods = getattr(deployment, "deployment_method", None) or ()
+    return "python" if DeploymentMethod.CONDA in methods else sys.executable
+
+
+JOB_CONFIG = get_job_config()
+JOB_PREFIX = (
+    f"PYTHONPATH={shlex.quote(workflow.basedir)} "
+    f"{shlex.quote(get_job_python())} -m scripts."
+)
+
+
+def get_job(module, rule, extra=None):
+    """Params function: the command line of a job, ``python -m scripts.MODULE`` with
+    its arguments (scripts/job.py reads them). A `shell:` job never imports Snakemake:
+    about half the cost of a `script:` job. The rule adds ``--output``, ``--log`` and
+    ``--threads``."""
+
+    def command(wildcards):
+        args = ["--config", JOB_CONFIG, "--rule", rule]
+        for name in ("stream", "night", "expid", "index"):
+            if wildcards.get(name) is not None:
+                args += [f"--{name}", wildcards.get(name)]
+        args += extra(wildcards) if extra else []
+        return JOB_PREFIX + shlex.join([module, *args])
+
+    return command
 
 
 def get_backup_history(stream, night):
@@ -194,6 +298,16 @@ def get_night_expids(stream, night):
 def get_held_expids(stream, night):
     """The night's exposures held by policy: named in its backup record."""
     return sorted(get_night_state(stream, night).held)
+
+
+def get_backup_arguments(wildcards):
+    """A backup job's arguments: the night's exposures, and those held by policy."""
+    return [
+        "--exposures",
+        ",".join(get_night_expids(wildcards.stream, wildcards.night)),
+        "--held",
+        ",".join(get_held_expids(wildcards.stream, wildcards.night)),
+    ]
 
 
 def get_late_inputs(wildcards):
@@ -261,11 +375,19 @@ def get_due_stages(stream, night):
 
 
 def get_night_targets():
-    """Markers of the due night-level stages: every eligible night, backlog included."""
+    """Markers of the due night-level stages: every eligible night, backlog included.
+
+    In the night lane, only nights whose exposures are all installed: that lane never
+    runs exposure work (a night still transferring waits for the exposure lane).
+    """
     targets, backups = [], []
     for name, listing in LISTINGS.items():
         nights, from_state = get_nights(name, listing)
         for night in nights:
+            if LANE == "nights" and not night_ready(
+                get_night_expids(name, night), get_night_state(name, night)
+            ):
+                continue
             stages = get_due_stages(name, night)
             if stages and night in from_state:
                 logger.warning(
@@ -276,9 +398,13 @@ def get_night_targets():
                 )
             for stage, marker in stages:
                 (targets if stage == "caughtup" else backups).append(marker)
+                PLAN["night_stages"].append((name, night, stage))
     if backups:
         ready, why = get_hpss_ready()
         if not ready:
             logger.info(f"Backup of {len(backups)} night(s) deferred: {why}.")
+            PLAN["night_stages"] = [
+                item for item in PLAN["night_stages"] if item[2] == "caughtup"
+            ]
             return targets
     return targets + backups

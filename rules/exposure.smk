@@ -1,5 +1,8 @@
 # Exposure-level stages: stage (rsync into staging), verify (SHA-256), install
 # (read-only, renamed into the archive). Each writes its marker on success only.
+# Each job is `python -m scripts.MODULE` with explicit arguments (get_job), not a
+# `script:`: the job process never imports Snakemake. The job writes its own log
+# (errors also to stderr, for the cron log): its output is not redirected.
 
 
 rule report_listing_failure:
@@ -22,14 +25,19 @@ rule stage_exposure:
         get_marker("staged"),
     log:
         get_log("staged"),
+    priority: get_priority(0)
     conda:
         "../envs/desitransfer.yaml"
     resources:
         transfers=1,
     params:
-        published=get_published,
-    script:
-        "../scripts/stage.py"
+        job=get_job(
+            "stage",
+            "stage_exposure",
+            lambda wc: ["--published", get_published(wc) or ""],
+        ),
+    shell:
+        "{params.job} --output {output:q} --log {log:q} --threads {threads}"
 
 
 rule verify_exposure:
@@ -39,13 +47,16 @@ rule verify_exposure:
         get_marker("checksummed"),
     log:
         get_log("checksummed"),
+    priority: get_priority(1)
     conda:
         "../envs/desitransfer.yaml"
     threads: config["verify"]["threads"]
     resources:
         transfers=1,
-    script:
-        "../scripts/verify.py"
+    params:
+        job=get_job("verify", "verify_exposure"),
+    shell:
+        "{params.job} --output {output:q} --log {log:q} --threads {threads}"
 
 
 rule install_exposure:
@@ -55,7 +66,10 @@ rule install_exposure:
         get_marker("installed"),
     log:
         get_log("installed"),
+    priority: get_priority(2)
     conda:
         "../envs/desitransfer.yaml"
-    script:
-        "../scripts/install.py"
+    params:
+        job=get_job("install", "install_exposure"),
+    shell:
+        "{params.job} --output {output:q} --log {log:q} --threads {threads}"

@@ -1,5 +1,6 @@
 # Night-level stages: the morning catch-up of late files and the backup to tape.
-# Both wait for every listed exposure of the night to be installed.
+# Both wait for every listed exposure of the night to be installed. Jobs run as in
+# rules/exposure.smk (`python -m scripts.MODULE`, see get_job).
 
 
 rule catch_up_night:
@@ -14,8 +15,10 @@ rule catch_up_night:
     threads: config["verify"]["threads"]
     resources:
         transfers=1,
-    script:
-        "../scripts/catch_up.py"
+    params:
+        job=get_job("catch_up", "catch_up_night"),
+    shell:
+        "{params.job} --output {output:q} --log {log:q} --threads {threads}"
 
 
 rule back_up_night:
@@ -32,10 +35,9 @@ rule back_up_night:
     resources:
         tape=1,
     params:
-        exposures=lambda wc: get_night_expids(wc.stream, wc.night),
-        held=lambda wc: get_held_expids(wc.stream, wc.night),
-    script:
-        "../scripts/backup.py"
+        job=get_job("backup", "back_up_night", get_backup_arguments),
+    shell:
+        "{params.job} --output {output:q} --log {log:q} --threads {threads}"
 
 
 rule back_up_late_exposures:
@@ -51,7 +53,6 @@ rule back_up_late_exposures:
     resources:
         tape=1,
     params:
-        exposures=lambda wc: get_night_expids(wc.stream, wc.night),
-        held=lambda wc: get_held_expids(wc.stream, wc.night),
-    script:
-        "../scripts/backup.py"
+        job=get_job("backup", "back_up_late_exposures", get_backup_arguments),
+    shell:
+        "{params.job} --output {output:q} --log {log:q} --threads {threads}"

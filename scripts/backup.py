@@ -341,9 +341,11 @@ def run_backup(config: dict, stream: Stream, night: str, marker: Path, expids: l
     return True
 
 
-if __name__ == "__main__" and "snakemake" in globals():
+if __name__ == "__main__":
+    from scripts.job import parse_job
+
     os.umask(0o027)
-    run_job(snakemake, lambda sm: run_backup(  # noqa: F821 (Snakemake's preamble)
+    run_job(parse_job(sys.argv[1:]), lambda sm: run_backup(
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
         Path(sm.output[0]), sm.params.exposures, sm.params.held, sm.threads,
         int(sm.wildcards.get("index", 0))))

@@ -218,7 +218,9 @@ def run_catch_up(config: dict, stream: Stream, night: str, threads: int) -> bool
     return True
 
 
-if __name__ == "__main__" and "snakemake" in globals():
-    run_job(snakemake, lambda sm: run_catch_up(  # noqa: F821 (Snakemake's preamble)
+if __name__ == "__main__":
+    from scripts.job import parse_job
+
+    run_job(parse_job(sys.argv[1:]), lambda sm: run_catch_up(
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
         threads=sm.threads))

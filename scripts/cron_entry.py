@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""The cron entry: run the workflow once, safely, from cron.
+"""The cron entry: run the workflow's lanes once, safely, from cron.
 
-    scripts/cron_entry.py [--debug] [CONFIG] [SNAKEMAKE ARGS...]
+    scripts/cron_entry.py [--debug] [CONFIG] [--lane exposures|nights] [SNAKEMAKE ARGS...]
     scripts/cron_entry.py --version
 
 CONFIG defaults to the ``config.yaml`` beside the Snakefile; further arguments go to
-Snakemake. The entry exits 0 at once when the kill file exists or when another run
-holds the lock, clears what a run killed with SIGKILL left behind, runs Snakemake with
-the default profile, logs to a rotating file, and exits non-zero with a short summary
-on stderr only when something failed, so that cron's own mail carries real problems.
+Snakemake. Fresh data first: each lane (scripts/lanes.py) is a Snakemake run of its
+own behind its own lock, and one invocation runs every lane whose lock is free, the
+exposure lane first, so tonight's exposures never wait behind a backup or a
+catch-up. The exposure lane plans a bounded number of exposures per run
+(``exposures_per_run``) and runs again at once while more are pending, each run with a
+fresh listing, so a backlog drains over many short runs. ``--lane`` restricts an
+invocation to one lane (scrontab: one entry per lane).
+
+The entry exits 0 at once when the kill file exists or when every lane is busy, runs
+Snakemake with the default profile, logs to a rotating file, and exits non-zero with
+a short summary on stderr only when something failed, so that cron's own mail
+carries real problems.
 """
 
 from __future__ import annotations
@@ -31,13 +39,18 @@ from scripts.joblog import file_handler
 from scripts.status.problems import all_problems, run_problems
 from scripts.status.report import rebuild_after_run
 from scripts.status.run_records import count_unreachable, listing_failures, record_configuration
-from scripts.run_lock import ENV_FD, lock_path, try_lock
+from scripts.lanes import ENV_LANE, ENV_RUN, activity_path, finish_activity, new_run_id
+from scripts.markers import read_record
+from scripts.run_lock import ENV_FD, LANES, lock_path, try_lock
 
 log = logging.getLogger("desitransfer.cron")
 #: Snakemake's own run logs kept in .snakemake/log.
 KEEP_SNAKEMAKE_LOGS = 50
 LOG_BYTES = 10 * 2**20
 LOG_BACKUPS = 10
+#: Exposure-lane runs one invocation makes at most while a backlog drains (a guard: the
+#: next cron invocation goes on).
+MAX_ROUNDS = 100
 
 
 def setup_logging(directory: Path, debug: bool = False) -> None:
@@ -108,14 +121,66 @@ def own_options(argv: list[str]) -> tuple[list[str], bool, bool]:
     return rest, any(a in ("-V", "--version") for a in argv), "--debug" in argv
 
 
+def split_arguments(argv: list[str]) -> tuple[Path, str | None, list[str]]:
+    """CONFIG (first, optional), ``--lane LANE``, and the arguments for Snakemake.
+
+    Raises
+    ------
+    ValueError
+        ``--lane`` without a known lane; the message is one line.
+    """
+    config_file = Path(argv[0]) if argv and not argv[0].startswith("-") else REPO / "config.yaml"
+    rest = argv[1:] if argv and not argv[0].startswith("-") else list(argv)
+    lane, extra = None, []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--lane" or arg.startswith("--lane="):
+            lane = arg.partition("=")[2] if "=" in arg else (rest.pop(0) if rest else "")
+            if lane not in LANES:
+                raise ValueError(f"--lane {lane!r}: use one of {', '.join(LANES)}")
+        else:
+            extra.append(arg)
+    return config_file, lane, extra
+
+
+def run_lane(lane: str, lock, run_id: str, command: list[str]) -> subprocess.CompletedProcess:
+    """One Snakemake run (`command`) of `lane`, holding its lock (handed down as `lock`)."""
+    log.info("starting (desitransfer-workflow %s) the %s lane, run %s: %s", __version__, lane,
+             run_id, " ".join(command))
+    start = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            pass_fds=(lock.fileno(),),
+                            env={**os.environ, ENV_FD: str(lock.fileno()), ENV_LANE: lane,
+                                 ENV_RUN: run_id})
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.strip():
+            log.info("| %s", line)
+    log.info("the %s lane's run %s ended with status %d after %.1f s", lane, run_id,
+             result.returncode, time.monotonic() - start)
+    return result
+
+
+def more_pending(state: Path, run_id: str, result: subprocess.CompletedProcess) -> bool:
+    """Whether an exposure-lane run succeeded and left listed exposures unplanned (its
+    bound, `exposures_per_run`): then the lane runs again at once."""
+    record = read_record(activity_path(state, "exposures")) or {}
+    if result.returncode != 0 or record.get("run") != run_id:
+        return False
+    planned, pending = record.get("exposures"), record.get("pending")
+    return isinstance(planned, int) and isinstance(pending, int) and 0 < planned < pending
+
+
 def main(argv: list[str]) -> int:
     argv, version, debug = own_options(argv)
     if version:
         print(f"desitransfer-workflow {__version__}")
         return 0
     os.umask(0o027)  # lock, log and state files: never writable by other users
-    config_file = Path(argv[0]) if argv and not argv[0].startswith("-") else REPO / "config.yaml"
-    extra = argv[1:] if argv and not argv[0].startswith("-") else argv
+    try:
+        config_file, only_lane, extra = split_arguments(argv)
+    except ValueError as err:
+        print(f"desitransfer: {err}", file=sys.stderr)
+        return 2
     try:
         config = with_defaults(load_yaml(config_file))
     except ConfigurationError as err:
@@ -128,35 +193,60 @@ def main(argv: list[str]) -> int:
     if kill_file.exists():
         log.info("%s detected, not running (remove it to resume transfers).", kill_file)
         return 0
-    lock = try_lock(state)
-    if lock is None:
-        log.info("another run holds %s; exiting.", lock_path(state))
-        return 0
-    workdir = Path.cwd()
-    # --nolock: the run lock held here (and handed down) is the one that counts.
+    # --nolock: the lane locks held here (and handed down) are the ones that count.
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--nolock",
                *extra, *(["--config", "debug=True"] if debug else []),
                "--configfile", str(config_file)]
-    log.info("starting (desitransfer-workflow %s): %s", __version__, " ".join(command))
+    streams = list(config.get("streams") or {})
+    # A run id per Snakemake run: a run plans from a listing made after it started. The
+    # night lane shares the last exposure run's id (and so its listing, if recent). A
+    # caller may hand one id down for all (a wrapper, a test): then they share it.
+    given = os.environ.get(ENV_RUN)
+    invocation = new_run_id()
+    run_id = given or f"{invocation}.0"
     run_start = time.time()
     start = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            pass_fds=(lock.fileno(),),
-                            env={**os.environ, ENV_FD: str(lock.fileno())})
-    for line in (result.stdout + result.stderr).splitlines():
-        if line.strip():
-            log.info("| %s", line)
-    prune_snakemake_logs(workdir)
-    alert(config, config_file, state, run_start, result.stderr)
+    results: list[subprocess.CompletedProcess] = []
+    exposures_started = None  # when this invocation's last exposure-lane run started
+    for lane in [only_lane] if only_lane else LANES:
+        lock = try_lock(state, lane)
+        if lock is None:
+            log.info("another run holds %s; the %s lane is busy, skipping it.",
+                     lock_path(state, lane), lane)
+            continue
+        with lock:
+            if exposures_started is not None and len(listing_failures(
+                    state, streams, since=exposures_started)) == len(streams):
+                log.info("no stream could be listed: the nights lane waits for the next run.")
+                continue
+            for round_ in range(1, MAX_ROUNDS + 1):
+                if lane == "exposures":
+                    run_id = given or f"{invocation}.{round_}"
+                    exposures_started = time.time()
+                result = run_lane(lane, lock, run_id, command)
+                finish_activity(state, [lane], run_id, result.returncode)
+                results.append(result)
+                if lane != "exposures" or not more_pending(state, run_id, result):
+                    break
+                if kill_file.exists():
+                    log.info("%s detected, no further run.", kill_file)
+                    break
+                log.info("more exposures are pending: the exposures lane runs again.")
+    if not results:
+        return 0
+    prune_snakemake_logs(Path.cwd())
+    alert(config, config_file, state, run_start, "\n".join(r.stderr for r in results))
     seconds = time.monotonic() - start
-    if result.returncode != 0:
-        errors = [line for line in result.stderr.splitlines()
-                  if line.startswith(("desitransfer:", "Error in rule"))
-                  or " ERROR " in line]
-        summary = "\n".join(errors[:20]) or "\n".join(result.stderr.splitlines()[-20:])
-        log.error("run failed (status %d) after %.0f s", result.returncode, seconds)
+    failed = [result for result in results if result.returncode != 0]
+    if failed:
+        errors = list(dict.fromkeys(
+            line for result in failed for line in result.stderr.splitlines()
+            if line.startswith(("desitransfer:", "Error in rule")) or " ERROR " in line))
+        summary = "\n".join(errors[:20]) or "\n".join(failed[0].stderr.splitlines()[-20:])
+        status = failed[0].returncode
+        log.error("run failed (status %d) after %.0f s", status, seconds)
         log_file = logging.getLogger("desitransfer").handlers[0].baseFilename
-        print(f"desitransfer run failed (status {result.returncode}); see {log_file}\n{summary}",
+        print(f"desitransfer run failed (status {status}); see {log_file}\n{summary}",
               file=sys.stderr)
         return 1
     log.info("run finished in %.1f s", seconds)

@@ -108,7 +108,9 @@ def install(config: dict, stream: Stream, night: str, expid: str) -> bool:
     return True
 
 
-if __name__ == "__main__" and "snakemake" in globals():
-    run_job(snakemake, lambda sm: install(  # noqa: F821 (Snakemake's preamble)
+if __name__ == "__main__":
+    from scripts.job import parse_job
+
+    run_job(parse_job(sys.argv[1:]), lambda sm: install(
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
         sm.wildcards.expid))

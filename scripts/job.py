@@ -1,7 +1,11 @@
 """The one way a rule script runs: whatever happens inside it, the job ends with its
 marker or its failure record, one log line, and the right exit status.
 
-Every rule script ends with ``run_job(snakemake, work)``. An exception that escapes
+Every rule script ends with ``run_job(parse_job(sys.argv[1:]), work)``: a rule runs it as
+``python -m scripts.MODULE --config FILE --rule RULE --output MARKER --log LOG ...``
+(see ``get_job`` in rules/common.smk), so the job process never imports Snakemake
+(about half the cost of a ``script:`` job); `parse_job` gives `work` an object with
+the parts of Snakemake's ``snakemake`` object the scripts use. An exception that escapes
 `work` (a full or read-only disk, a permission, a bug) still leaves
 ``<marker>.failed`` with a reason that names the root cause in one line, so that the
 status page, ``scripts.status --failures`` and the alerts see it; the traceback goes to
@@ -10,11 +14,15 @@ the rule's log only.
 
 from __future__ import annotations
 
+import argparse
 import errno
+import json
 import logging
 import shutil
 import sys
 from collections.abc import Callable
+from functools import cached_property
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from scripts import __version__, joblog
@@ -72,3 +80,64 @@ def run_job(sm: Any, work: Callable[[Any], bool]) -> NoReturn:
         ok = False
     logging.shutdown()
     sys.exit(0 if ok else 1)
+
+
+class Wildcards(list):
+    """A job's wildcard values in order, as Snakemake gives them, also read by name
+    (``wildcards.night``, ``wildcards.get("index", 0)``)."""
+
+    def __init__(self, named: dict[str, str]):
+        super().__init__(named.values())
+        self._named = dict(named)
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self.__dict__["_named"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._named.get(name, default)
+
+
+class Job:
+    """What a rule script needs of its job, from the command line the rule gives it."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.rule = args.rule
+        self.output = [args.output]
+        self.log = [args.log]
+        self.threads = args.threads
+        self.config_file = args.config
+        self.wildcards = Wildcards({name: value for name in ("stream", "night", "expid",
+                                                             "index")
+                                    if (value := getattr(args, name)) is not None})
+        self.params = SimpleNamespace(published=args.published or None,
+                                      exposures=_names(args.exposures),
+                                      held=_names(args.held))
+
+    @cached_property
+    def config(self) -> dict:
+        """The workflow's configuration, as the run that planned the job had it
+        (read inside the job: a missing file leaves the job's failure record)."""
+        with open(self.config_file) as f:
+            return json.load(f)
+
+
+def _names(value: str | None) -> list[str]:
+    return [name for name in (value or "").split(",") if name]
+
+
+def parse_job(argv: list[str]) -> Job:
+    """The job described by the arguments a rule's command gives its script."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.MODULE",
+                                     description="One job of the workflow (run by Snakemake).")
+    parser.add_argument("--config", required=True, help="the run's configuration (JSON)")
+    parser.add_argument("--rule", required=True)
+    parser.add_argument("--output", required=True, help="the marker the job writes")
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    for name in ("stream", "night", "expid", "index", "published", "exposures", "held"):
+        parser.add_argument(f"--{name}")
+    return Job(parser.parse_args(argv))
+

@@ -3,7 +3,8 @@
 Discovery lists the symlinks ``SOURCE/NIGHT/EXPID`` that the mountain publishes when
 an exposure is complete, together with the checksum lock, in one remote command. The
 parsing is pure (`parse_listing`); `list_exposures` runs the command, with a timeout
-and a short-lived cache so that repeated ``snakemake -n`` calls do not hammer the host.
+and a short-lived cache so that the re-parses of one run (its Slurm jobs, its second
+lane) do not list the host again.
 """
 
 from __future__ import annotations
@@ -172,8 +173,13 @@ def list_exposures(
     window_start: str,
     cache_file: Path | None = None,
     cache_seconds: float = 0,
+    run_id: str | None = None,
 ) -> Listing:
     """List the exposures the mountain publishes for one stream.
+
+    A cached listing (`cache_file`, at most `cache_seconds` old) answers only a parse of
+    the same run, `run_id` (a Slurm job of that run, the night lane after the exposure lane of
+    one cron invocation): a later run never plans from a listing older than its start.
 
     Raises
     ------
@@ -186,6 +192,7 @@ def list_exposures(
         "source": source,
         "lock": remote["checksum_lock"],
         "first_night": window_start,
+        "run": run_id,
     }
     if cache_file is not None and cache_seconds > 0:
         cached = _read_cache(cache_file, key, cache_seconds)

@@ -1,39 +1,49 @@
-"""One run at a time, whoever starts it: the cron entry or a ``snakemake`` by hand.
+"""One run per lane at a time, whoever starts it: the cron entry or a ``snakemake`` by hand.
 
-The lock is a ``flock`` on ``STATE/.run.lock``, held for the whole run and released by
-the kernel when the last process holding it ends, however it ends: there is nothing
-stale to clean after a SIGKILL. The cron entry takes it before Snakemake starts and
-hands the open descriptor down (``DESITRANSFER_LOCK_FD``); the Snakefile's ``onstart``
-(real runs only: not ``-n``, ``--dag``, ``--lint``) checks that it holds the lock
-through that descriptor or takes it itself, and ends the run with one line when
-another run has it. Snakemake's own directory lock is off (``nolock`` in the profile):
-this lock covers every run, and a lock left by a killed run can never stop the next.
+The work is split into lanes (`LANES`): the exposure lane (stage, verify, install) and
+the night lane (catch-up, backup). Each lane has its own lock, a ``flock`` on
+``STATE/.lanes/LANE.lock``, held for the whole run and released by the kernel when the
+last process holding it ends, however it ends: there is nothing stale to clean after a
+SIGKILL. Runs of different lanes go on at the same time (their outputs never overlap);
+two runs of the same lane never do, so tonight's exposures never wait behind a backup.
+
+The cron entry takes a lane's lock before Snakemake starts and hands the open
+descriptor down (``DESITRANSFER_LOCK_FD``); the Snakefile's ``onstart`` (real runs only:
+not ``-n``, ``--dag``, ``--lint``) checks that it holds the lock of its lane through
+that descriptor or takes it itself, and ends the run with one line when another run
+has it. A run started without a lane does all the work and takes every lane's lock.
+Snakemake's own directory lock is off (``nolock`` in the profile): these locks cover
+every run, and a lock left by a killed run can never stop the next.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-LOCK_FILE = ".run.lock"
+#: The lanes, in the order the cron entry runs them: fresh data first.
+LANES = ("exposures", "nights")
+LANE_DIRECTORY = ".lanes"
 ENV_FD = "DESITRANSFER_LOCK_FD"
-#: The lock of the running process, kept open (and so held) until it exits.
-_HELD: list[IO] = []
+#: The locks of the running process, kept open (and so held) until it exits.
+_HELD: dict[str, IO] = {}
 
 
 class RunLockBusy(Exception):
-    """Another run holds the lock; the message is one line."""
+    """Another run holds a lane's lock; the message is one line."""
 
 
-def lock_path(state: str | os.PathLike) -> Path:
-    return Path(state) / LOCK_FILE
+def lock_path(state: str | os.PathLike, lane: str) -> Path:
+    """The lock file of `lane`."""
+    return Path(state) / LANE_DIRECTORY / f"{lane}.lock"
 
 
-def try_lock(state: str | os.PathLike) -> IO | None:
-    """Take the run lock without waiting; return the open file holding it, or None."""
-    path = lock_path(state)
+def try_lock(state: str | os.PathLike, lane: str) -> IO | None:
+    """Take the lock of `lane` without waiting; return the open file holding it, or None."""
+    path = lock_path(state, lane)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a")
     try:
@@ -44,30 +54,77 @@ def try_lock(state: str | os.PathLike) -> IO | None:
     return handle
 
 
-def _inherited(state: str | os.PathLike) -> bool:
-    """Whether this process was handed the lock of `state` by the run that started it."""
+def _inherited(state: str | os.PathLike, lane: str) -> bool:
+    """Whether this process was handed the lock of `lane` by the run that started it."""
     try:
         fd = int(os.environ[ENV_FD])
-        same = os.path.samestat(os.fstat(fd), os.stat(lock_path(state)))
+        same = os.path.samestat(os.fstat(fd), os.stat(lock_path(state, lane)))
         # On the same open file description flock succeeds only for its holder.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if same:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except (KeyError, ValueError, OSError):
         return False
     return same
 
 
-def hold(state: str | os.PathLike) -> None:
-    """Make sure this run holds the lock until it exits.
+def hold(state: str | os.PathLike, lanes: Iterable[str] = LANES) -> None:
+    """Make sure this run holds the lock of every lane in `lanes` until it exits.
+
+    All or nothing: when one of them is busy, the locks taken here are released again.
 
     Raises
     ------
     RunLockBusy
-        Another run (cron's or one started by hand) holds it.
+        Another run (cron's or one started by hand) holds one of them.
     """
-    if _HELD or _inherited(state):
-        return
-    handle = try_lock(state)
-    if handle is None:
-        raise RunLockBusy(f"another run holds {lock_path(state)}; not starting (this one"
-                          " ends here, the next cron run goes on)")
-    _HELD.append(handle)
+    taken = []
+    for lane in lanes:
+        if lane in _HELD or _inherited(state, lane):
+            continue
+        handle = try_lock(state, lane)
+        if handle is None:
+            for other in taken:
+                _HELD.pop(other).close()
+            raise RunLockBusy(f"another run holds {lock_path(state, lane)} (the {lane} lane);"
+                              " not starting (this one ends here, the next cron run goes on)")
+        _HELD[lane] = handle
+        taken.append(lane)
+
+
+def is_locked(state: str | os.PathLike, lane: str) -> bool:
+    """Whether a run of `lane` holds its lock now, without taking it even for an instant
+    (a cron run starting at that moment must not find it busy): the kernel's table of
+    file locks (``/proc/locks``) says. Where that table cannot be read, a shared lock
+    is tried and released at once."""
+    path = lock_path(state, lane)
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        table = None
+    if table is not None:
+        wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+        for line in table.splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and _device_inode(fields[5]) == wanted:
+                return True
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _device_inode(field: str) -> tuple[int, int, int] | None:
+    """``MAJOR:MINOR:INODE`` of a ``/proc/locks`` line (device numbers in hex)."""
+    try:
+        major, minor, inode = field.split(":")
+        return int(major, 16), int(minor, 16), int(inode)
+    except ValueError:
+        return None

@@ -178,7 +178,9 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
     return True
 
 
-if __name__ == "__main__" and "snakemake" in globals():
-    run_job(snakemake, lambda sm: stage_exposure(  # noqa: F821 (Snakemake's preamble)
+if __name__ == "__main__":
+    from scripts.job import parse_job
+
+    run_job(parse_job(sys.argv[1:]), lambda sm: stage_exposure(
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
         sm.wildcards.expid, sm.params.published))

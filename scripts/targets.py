@@ -96,3 +96,22 @@ def not_backed_up(expids: Iterable[str], history: list[dict]) -> list[str]:
     """The exposures no archive in `history` holds yet."""
     archived = {e for archive in history for e in archive.get("exposures", [])}
     return [e for e in expids if e not in archived]
+
+
+def newest_first(exposures: Iterable[tuple[str, str, str]], limit: int | None = None
+                 ) -> list[tuple[str, str, str]]:
+    """The exposures one run of the exposure lane plans: the newest night first (tonight,
+    then the backlog from its newest night back), in the order they were taken within
+    a night, at most `limit` of them (all with None).
+
+    Items are (stream, night, expid). Bounded runs re-list the mountain often, so a
+    backlog drains over many short runs and tonight's data never waits behind it.
+    """
+    ordered = sorted(exposures, key=lambda item: (-int(item[1]), item[2], item[0]))
+    return ordered if limit is None else ordered[:limit]
+
+
+def night_ready(expids: Iterable[str], seen: NightState) -> bool:
+    """Whether every exposure a night's stages wait for is installed (see
+    `night_exposures`): only then may the night lane plan its catch-up and backup."""
+    return set(expids) <= seen.installed

@@ -212,7 +212,9 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
     return False
 
 
-if __name__ == "__main__" and "snakemake" in globals():
-    run_job(snakemake, lambda sm: verify(  # noqa: F821 (Snakemake's preamble)
+if __name__ == "__main__":
+    from scripts.job import parse_job
+
+    run_job(parse_job(sys.argv[1:]), lambda sm: verify(
         sm.config, get_streams(sm.config)[sm.wildcards.stream], sm.wildcards.night,
         sm.wildcards.expid, threads=sm.threads))

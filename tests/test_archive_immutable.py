@@ -261,7 +261,7 @@ def test_a_hand_started_run_refuses_while_the_cron_entry_runs(site):
     from scripts.run_lock import try_lock
 
     site.exposure("00005061")
-    held = try_lock(site.state)  # as the cron entry holds it for its whole run
+    held = try_lock(site.state, "exposures")  # as the cron entry holds it for its run
     try:
         result = site.run(check=False)
         preview = site.run("-n")  # a preview takes no lock

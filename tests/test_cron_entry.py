@@ -71,9 +71,11 @@ def test_kill_file_stops_at_once(site):
 
 def test_second_invocation_while_a_run_holds_the_lock_exits_at_once(site):
     site.exposure("00004010")
-    site.state.mkdir()
-    with open(site.state / ".run.lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running cron entry would
+    (site.state / ".lanes").mkdir(parents=True)
+    with open(site.state / ".lanes" / "exposures.lock", "a") as exposures, \
+            open(site.state / ".lanes" / "nights.lock", "a") as nights:
+        for held in (exposures, nights):  # as running cron entries would
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         start = time.monotonic()
         result = cron(site)
         elapsed = time.monotonic() - start
@@ -99,7 +101,7 @@ def test_run_logs_rotates_and_prunes_and_keeps_files_private(site):
     assert (logs / "desi_transfer.log.1").stat().st_size > 10 * 2**20
     assert "run finished" in cron_log(site)
     assert len(list(old.glob("*.snakemake.log"))) == 50
-    for path in (site.state / ".run.lock", logs / "desi_transfer.log",
+    for path in (site.state / ".lanes" / "exposures.lock", logs / "desi_transfer.log",
                  site.marker(NIGHT, "00004020", "installed")):
         assert stat.S_IMODE(path.stat().st_mode) & 0o022 == 0, path
 
@@ -195,6 +197,9 @@ def test_hung_rsync_ends_as_a_timed_out_failure(site, sshd):
     # The link check before each rsync is the first remote call: it must time out too.
     site.config["remote"].update(host=sshd["host"], ssh=sshd["ssh"], listing_cache=3600,
                                  transfer_timeout=3, timeout=3)
+    # A run plans from a listing made after it started, unless its caller hands it the
+    # run id the listing was made for: here the preview and the cron run share one.
+    site.env["DESITRANSFER_RUN"] = "hung-rsync"
     site.run("-n")  # lists over the real sshd and caches the listing
     with socket.socket() as silent:  # then the mountain stops answering
         silent.bind(("127.0.0.1", 0))

@@ -1,0 +1,154 @@
+"""The lanes, and what each is doing now.
+
+Fresh data first: exposure work (stage, verify, install) and night work (catch-up,
+backup) run in separate Snakemake runs, each lane behind its own lock
+(`scripts.run_lock`), so tonight's exposures never wait behind a backup. A run learns
+its lane from ``DESITRANSFER_LANE`` (the cron entry sets it); without it a run does all
+the work, as a ``snakemake`` started by hand does.
+
+Every run of a lane leaves a small activity record, ``STATE/.lanes/LANE.json``: when
+it started, on what (the exposures and night stages it planned), how old its listing
+was, and when it ended. `lane_activity` reads them for the status page and command;
+a run killed with SIGKILL never records its end, and is recognisable because its
+lane's lock is free.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from scripts.markers import read_record, utc_timestamp, write_json_atomic
+from scripts.run_lock import LANE_DIRECTORY, LANES, is_locked
+
+ENV_LANE = "DESITRANSFER_LANE"
+#: The run a parse belongs to: the listing cache serves only parses of the same run.
+ENV_RUN = "DESITRANSFER_RUN"
+#: The rules each lane may run (Snakemake's --allowed-rules). The night lane's DAG has
+#: the exposures' markers as inputs: it must never plan (or re-run, as incomplete) an
+#: exposure job, which may be running in the exposure lane at that very moment.
+LANE_RULES = {
+    "exposures": ("all", "report_listing_failure", "stage_exposure", "verify_exposure",
+                  "install_exposure"),
+    "nights": ("all", "catch_up_night", "back_up_night", "back_up_late_exposures"),
+}
+#: How many planned items an activity record names (the counts are always complete).
+SHOWN = 5
+
+
+class LaneError(Exception):
+    """An unknown lane was asked for; the message is one line."""
+
+
+def get_lane(environ: dict[str, str] | None = None) -> str | None:
+    """The lane of this run from ``DESITRANSFER_LANE``, or None (all lanes)."""
+    lane = (os.environ if environ is None else environ).get(ENV_LANE, "").strip()
+    if not lane:
+        return None
+    if lane not in LANES:
+        raise LaneError(f"{ENV_LANE}={lane!r} is not a lane; use one of {', '.join(LANES)}"
+                        " (or leave it unset for all lanes)")
+    return lane
+
+
+def new_run_id() -> str:
+    """A run id unique on this host: UTC time to the microsecond and the process id."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S.%fZ}-{os.getpid()}"
+
+
+def get_run_id() -> str:
+    """This run's id: the one handed down (cron entry, or the run a Slurm job belongs
+    to), else a new one, put into the environment for the jobs this run starts."""
+    return os.environ.setdefault(ENV_RUN, new_run_id())
+
+
+def activity_path(state: str | os.PathLike, lane: str) -> Path:
+    """The activity record of `lane`."""
+    return Path(state) / LANE_DIRECTORY / f"{lane}.json"
+
+
+def describe_plan(exposures: Iterable[tuple[str, str, str]],
+                  night_stages: Iterable[tuple[str, str, str]]) -> str:
+    """One line saying what a run works on: exposures per night (newest first), then
+    the night stages. Items are (stream, night, expid or stage)."""
+    exposures, night_stages = list(exposures), list(night_stages)
+    parts = []
+    if exposures:
+        per_night = Counter(night for _, night, _ in exposures)
+        nights = sorted(per_night, reverse=True)
+        shown = ", ".join(f"{n}: {per_night[n]}" for n in nights[:SHOWN])
+        more = f", {len(nights) - SHOWN} more night(s)" if len(nights) > SHOWN else ""
+        parts.append(f"{len(exposures)} exposure(s) ({shown}{more})")
+    words = {"caughtup": "catch-up", "backedup": "backup"}
+    for stream, night, stage in night_stages[:SHOWN]:
+        parts.append(f"{words.get(stage.split('.')[0], stage)} of {stream} {night}")
+    if len(night_stages) > SHOWN:
+        parts.append(f"{len(night_stages) - SHOWN} more night stage(s)")
+    return "; ".join(parts) or "nothing pending"
+
+
+def start_activity(state: str | os.PathLike, lanes: Iterable[str], run: str,
+                   plan: dict[str, Any]) -> None:
+    """Record that this process now runs `lanes` (at Snakemake's onstart), and that it
+    ended when it exits normally. `plan` holds what the run works on (see
+    rules/common.smk): ``on``, counts, ``listed`` (when its listing was made)."""
+    record = {"run": run, "pid": os.getpid(), "host": socket.gethostname(),
+              "started": utc_timestamp(), **plan}
+    lanes = list(lanes)
+    for lane in lanes:
+        write_json_atomic(activity_path(state, lane), {"lane": lane, **record})
+    atexit.register(finish_activity, state, lanes, run)
+
+
+def finish_activity(state: str | os.PathLike, lanes: Iterable[str], run: str,
+                    returncode: int | None = None) -> None:
+    """Record the end of run `run` in the activity record of each of `lanes` (and its
+    exit status when known: the cron entry adds it). A record of another run is left
+    alone; errors are ignored (this is a note, never a reason to fail a transfer)."""
+    for lane in lanes:
+        path = activity_path(state, lane)
+        record = read_record(path)
+        if not record or record.get("run") != run:
+            continue
+        record.setdefault("finished", utc_timestamp())
+        if returncode is not None:
+            record["returncode"] = returncode
+        try:
+            write_json_atomic(path, record)
+        except OSError:
+            pass
+
+
+def lane_activity(state: str | os.PathLike) -> list[dict]:
+    """What each lane is doing now, for the status page and command.
+
+    Returns
+    -------
+    list of dict
+        One per lane, in `LANES` order: ``lane``; ``state``, one of ``running`` (since
+        ``started``, on ``on``), ``starting`` (its lock is held, the run is still
+        listing and planning), ``idle`` (the last run ended at ``finished``, with
+        ``returncode`` when the cron entry ran it), ``killed`` (the last run never
+        recorded its end and its lock is free: SIGKILL or a crash; the next run
+        recovers its work) or ``never`` (no run yet); and the rest of the last run's
+        record: ``run``, ``pid``, ``host``, ``started``, ``listed``, ``exposures``,
+        ``pending``, ``night_stages``, ``on``.
+    """
+    lanes = []
+    for lane in LANES:
+        record = read_record(activity_path(state, lane)) or {}
+        locked = is_locked(state, lane)
+        if locked:
+            status = "running" if record and "finished" not in record else "starting"
+        elif not record:
+            status = "never"
+        else:
+            status = "idle" if "finished" in record else "killed"
+        lanes.append({**record, "lane": lane, "state": status})
+    return lanes

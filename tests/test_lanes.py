@@ -1,0 +1,216 @@
+"""Fresh data first (#12): lanes with their own locks, bounded runs, fresh listings.
+
+The real workflow run by the real cron entry. Nothing waits by sleeping: a hung backup
+is the HPSS emulator's HTAR_HANG, its start is announced on a FIFO; a run's start is
+the creation of its lane's activity record, seen with inotify; runs end when their
+process exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import NIGHT, REPO, STREAM, planned_jobs
+from test_cron_entry import CRON, cron, cron_log
+
+from scripts.lanes import lane_activity
+from scripts.markers import read_record
+
+TONIGHT = "20261128"
+AFTER_BACKUP = "2026-11-28T21:00:00Z"  # NIGHT's catch-up and backup due; TONIGHT's not
+RUN_LIMIT = 240
+
+
+def start_cron(site, *args: str, **env: str) -> subprocess.Popen:
+    """The cron entry in the background, in a session of its own (to kill it whole)."""
+    site.config.setdefault("kill_file", str(site.root / "stop_desi_transfer"))
+    return subprocess.Popen([*CRON, str(site.write_config()), *args], cwd=site.root,
+                            env={**site.env, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=RUN_LIMIT)
+    return process.returncode, stderr
+
+
+def installed_at(site, night: str, expid: str) -> int:
+    """When the exposure's `.installed` marker was written (ns)."""
+    return site.marker(night, expid, "installed").stat().st_mtime_ns
+
+
+class Inotify:
+    """Wait until a file appears in a directory (Linux inotify, no polling)."""
+
+    IN_CREATE, IN_MOVED_TO = 0x100, 0x80
+
+    def __init__(self, directory: Path):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        directory.mkdir(parents=True, exist_ok=True)
+        watch = self.libc.inotify_add_watch(self.fd, str(directory).encode(),
+                                            self.IN_CREATE | self.IN_MOVED_TO)
+        assert watch >= 0, os.strerror(ctypes.get_errno())
+
+    def wait(self, condition, timeout: float) -> None:
+        """Block until `condition()` is true, re-checking on every event in the directory."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            left = deadline - time.monotonic()
+            assert left > 0, "timed out waiting for a file"
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                os.read(self.fd, 65536)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def hanging_htar(site, tape: Path) -> Path:
+    """An hpss_bin whose htar announces its first call on a FIFO, then runs the
+    emulator (which hangs with HTAR_HANG). Returns the FIFO."""
+    bin_dir = site.root / "hpss_bin"
+    bin_dir.mkdir()
+    emulator = REPO / "tests" / "hpss_emulator"
+    (bin_dir / "hsi").symlink_to(emulator / "hsi")
+    fifo = site.root / "htar-started"
+    os.mkfifo(fifo)
+    htar = bin_dir / "htar"
+    htar.write_text(f"""#!/bin/sh
+if mkdir "{site.root}/htar-announced" 2>/dev/null; then echo started > "{fifo}"; fi
+exec "{emulator / 'htar'}" "$@"
+""")
+    htar.chmod(0o755)
+    site.config["backup"]["hpss_bin"] = str(bin_dir)
+    site.config["backup"]["timeout"] = 3600
+    return fifo
+
+
+def test_exposure_published_during_a_backup_is_installed_before_the_backup_ends(site, tape):
+    site.config["now"] = AFTER_BACKUP
+    site.exposure("00006000")
+    assert cron(site, "--lane", "exposures").returncode == 0
+    fifo = hanging_htar(site, tape)
+    nights = start_cron(site, "--lane", "nights", HTAR_HANG="3600", HPSS_FAIL_ONCE="1")
+    try:
+        with open(fifo) as started:  # blocks until htar has been called
+            assert started.read().strip() == "started"
+        busy = {lane["lane"]: lane for lane in lane_activity(site.state)}
+        assert busy["nights"]["state"] == "running"
+        assert "backup of DESI_SPECTRO_DATA 20261127" in busy["nights"]["on"]
+        site.exposure("00006001", night=TONIGHT)  # published while the backup runs
+        result = cron(site)  # the one crontab line: runs every lane whose lock is free
+        assert result.returncode == 0, result.stderr
+        assert site.marker(TONIGHT, "00006001", "installed").exists()
+        assert nights.poll() is None  # the backup is still running...
+        assert not site.marker(NIGHT, None, "backedup").exists()  # ...and not done
+        assert "the nights lane is busy" in cron_log(site)
+    finally:
+        os.killpg(nights.pid, signal.SIGKILL)  # the night lane is killed mid-backup
+        nights.wait()
+    killed = {lane["lane"]: lane for lane in lane_activity(site.state)}
+    assert killed["nights"]["state"] == "killed"
+    assert killed["exposures"]["state"] == "idle"
+    assert killed["exposures"]["returncode"] == 0
+    # The next run recovers the night lane's work, without a person.
+    result = cron(site)
+    assert result.returncode == 0, result.stderr
+    assert site.record(NIGHT, None, "backedup")["outcome"] == "backed up"
+    assert lane_activity(site.state)[1]["state"] == "idle"
+
+
+def test_exposure_published_while_a_backlog_drains_is_installed_before_its_last_night(site):
+    backlog = ["20261123", "20261124", "20261125"]
+    for night in backlog:
+        for n in range(8):
+            site.exposure(f"{int(night[-2:]) * 100 + n:08d}", night=night)
+    site.config["exposures_per_run"] = 4  # 24 exposures: 6 runs of the exposure lane
+    site.config["now"] = "2026-11-28T12:00:00Z"  # before any catch-up of the backlog
+    watcher = Inotify(site.state / ".lanes")
+    record = site.state / ".lanes" / "exposures.json"
+    try:
+        draining = start_cron(site)
+        # The first run of the exposure lane has planned its share of the backlog.
+        watcher.wait(lambda: (read_record(record) or {}).get("exposures", 0) > 0, RUN_LIMIT)
+        first = read_record(record)
+        assert first["exposures"] == 4 and first["pending"] == 24
+        assert first["on"].startswith("4 exposure(s) (20261125: 4)")  # newest night first
+        site.exposure("00009999", night=TONIGHT)
+        returncode, stderr = finish(draining)
+    finally:
+        watcher.close()
+    assert returncode == 0, stderr
+    last_night = max(installed_at(site, "20261123", e.name.split(".")[0])
+                     for e in (site.state / STREAM / "20261123").glob("*.installed"))
+    assert len(list((site.state / STREAM / "20261123").glob("*.installed"))) == 8
+    assert installed_at(site, TONIGHT, "00009999") < last_night
+    runs = cron_log(site).count("the exposures lane, run ")
+    assert runs >= 6  # many short runs, each with its own listing
+
+
+def test_two_lanes_started_at_the_same_moment_both_run(site):
+    site.config["now"] = "2026-11-28T15:00:00Z"  # NIGHT's catch-up due
+    site.exposure("00007000")
+    assert cron(site, "--lane", "exposures").returncode == 0
+    site.exposure("00007001", night=TONIGHT)
+    both = [start_cron(site, "--lane", lane) for lane in ("exposures", "nights")]
+    results = [finish(process) for process in both]
+    assert [code for code, _ in results] == [0, 0], results
+    assert site.marker(TONIGHT, "00007001", "installed").exists()
+    assert site.record(NIGHT, None, "caughtup")["outcome"] == "no changes"
+    assert "busy" not in cron_log(site)
+    assert [(lane["state"], lane["returncode"]) for lane in lane_activity(site.state)] == [
+        ("idle", 0), ("idle", 0)]
+
+
+def test_the_listing_of_a_run_is_never_older_than_its_start(site):
+    site.config["remote"]["listing_cache"] = 3600
+    site.exposure("00008000", night=TONIGHT)
+    assert cron(site).returncode == 0
+    site.exposure("00008001", night=TONIGHT)  # within the cache's hour
+    before = time.time()
+    assert cron(site).returncode == 0
+    assert site.marker(TONIGHT, "00008001", "installed").exists()
+    record = read_record(site.state / ".lanes" / "exposures.json")
+    assert record["listed_epoch"] >= before
+    # A run started by hand does not reuse the cron run's listing either.
+    site.exposure("00008002", night=TONIGHT)
+    site.run()
+    assert site.marker(TONIGHT, "00008002", "installed").exists()
+
+
+def test_the_night_lane_never_plans_exposure_work(site):
+    site.config["now"] = "2026-11-27T10:00:00Z"  # no catch-up due yet
+    site.exposure("00007100")
+    site.exposure("00007101", night="20261126")
+    site.run()
+    site.config["now"] = "2026-11-28T15:00:00Z"  # both nights' catch-ups due
+    site.exposure("00007102")  # NIGHT is incomplete again; 20261126 is ready
+    site.env["DESITRANSFER_LANE"] = "nights"
+    lane = planned_jobs(site.run("-n").stdout)
+    assert lane == {"all": 1, "catch_up_night": 1}  # 20261126 only, no exposure job
+    site.env["DESITRANSFER_LANE"] = "exposures"
+    assert planned_jobs(site.run("-n").stdout) == {
+        "all": 1, "install_exposure": 1, "stage_exposure": 1, "verify_exposure": 1}
+    del site.env["DESITRANSFER_LANE"]
+    # Without a lane, a preview shows all the pending work.
+    assert planned_jobs(site.run("-n").stdout) == {
+        "all": 1, "catch_up_night": 2, "install_exposure": 1, "stage_exposure": 1,
+        "verify_exposure": 1}
+
+
+def test_an_unknown_lane_is_one_line(site):
+    result = subprocess.run([*CRON, str(site.write_config()), "--lane", "tape"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--lane 'tape'" in result.stderr
+    site.env["DESITRANSFER_LANE"] = "tape"
+    result = site.run("-n", check=False)
+    assert result.returncode != 0
+    assert "DESITRANSFER_LANE='tape' is not a lane" in result.stderr
