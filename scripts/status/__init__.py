@@ -17,7 +17,6 @@ can be rebuilt at any time, never patched. One module per job:
 This file imports none of pandas, Jinja2 or the page, so the command stays fast.
 """
 
-from scripts.markers import read_record
 from scripts.status.backlog import classify, due_time, night_backlog
 from scripts.status.cli import main
 from scripts.status.latency import LatencySummary, latency_summary
@@ -61,6 +60,6 @@ __all__ = [
     "ExposureStatus", "LatencySummary", "NightStatus", "Problem", "Report", "all_problems",
     "build_report", "classify", "due_time", "find_problems", "hpss_status_path",
     "latency_summary", "listing_cache_path", "main", "night_backlog", "read_listing",
-    "read_night", "read_record", "rebuild_after_run", "record_hpss_status", "scan_stream",
+    "read_night", "rebuild_after_run", "record_hpss_status", "scan_stream",
     "status_directory", "write_status", "write_year_files", "year_file_directory",
 ]
