@@ -65,7 +65,10 @@ def _traceback_to_log_file() -> None:
 def run_job(sm: Any, work: Callable[[Any], bool]) -> NoReturn:
     """Run `work(sm)` as the job of Snakemake object `sm`; exit 0 only on success."""
     marker = sm.output[0]
-    debug = bool(sm.config.get("debug"))
+    try:
+        debug = bool(sm.config.get("debug"))
+    except (OSError, ValueError):  # no readable configuration: `work` records why
+        debug = False
     joblog.setup(sm.log[0], level=logging.DEBUG if debug else logging.INFO, marker=marker)
     log.info("%s %s (desitransfer-workflow %s%s)", sm.rule, "/".join(sm.wildcards),
              __version__, ", debug" if debug else "")

@@ -41,8 +41,9 @@ from scripts.markers import (
 from scripts.rsync import root_cause, rsync_command
 
 log = logging.getLogger("stage")
-#: rsync's exit statuses for a connection that failed or stalled (not the exposure's fault).
-CONNECTION_STATUSES = {5, 10, 12, 14, 30, 35, 255}
+#: rsync's exit statuses that are not the exposure's fault: a connection that failed or
+#: stalled, and files that vanished while the mountain was changing them (24).
+TRANSIENT_STATUSES = {5, 10, 12, 14, 24, 30, 35, 255}
 
 
 def tree_size(top: str | os.PathLike) -> tuple[int, int]:
@@ -87,7 +88,7 @@ def rsync_failure_reason(result: CommandResult, what: str) -> tuple[str, bool]:
     if result.timed_out or result.missing:
         return f"{result.describe()} for {what}", True
     cause = root_cause(result.stderr)
-    environment = result.returncode in CONNECTION_STATUSES or bool(cause and cause[1])
+    environment = result.returncode in TRANSIENT_STATUSES or bool(cause and cause[1])
     if cause is None:
         return f"rsync problem ({result.describe()}) detected for {what}", environment
     return f"{cause[0]}; rsync of {what} exited with status {result.returncode}", environment
@@ -97,14 +98,17 @@ def record_rsync_failure(marker: Path, what: str, result: CommandResult, attempt
                          max_attempts: int) -> None:
     """Write the failure record of a failed rsync, applying the staging policy.
 
-    After `max_attempts` failures of the exposure's own (not a full disk or the network,
-    which hold nothing and are retried every run) the exposure is held: no later run
-    stages it, its night is caught up and backed up without it, and a person is
-    mailed; removing the record releases it.
+    After `max_attempts` failures of the exposure's own the exposure is held: no later
+    run stages it, its night is caught up and backed up without it, and a person is
+    mailed; removing the record releases it. A full disk, the network or files changing
+    at the mountain hold nothing: they are retried every run, and past `max_attempts`
+    attempts a person is told.
     """
     reason, environment = rsync_failure_reason(result, what)
+    # Only failures of the exposure's own count towards holding it.
+    own = (read_failure(marker) or {}).get("own_failures", 0) + (not environment)
     exhausted = attempt >= max_attempts
-    held = exhausted and not environment
+    held = own >= max_attempts
     log.error("%s, check logs! (attempt %d of %d)%s", reason, attempt, max_attempts,
               f"; held: fix it, then remove {failure_path(marker)} to stage it again"
               if held else "")
@@ -112,7 +116,7 @@ def record_rsync_failure(marker: Path, what: str, result: CommandResult, attempt
     extra = {"held": True, "policy": "hold"} if held else {}
     write_failure(marker, reason, attempt, command=list(result.command),
                   timed_out=result.timed_out, stderr=result.stderr[-2000:],
-                  environment=environment, exhausted=exhausted, **extra)
+                  environment=environment, own_failures=own, exhausted=exhausted, **extra)
 
 
 def adopt(marker: Path, destination: Path, published: str | None) -> None:
