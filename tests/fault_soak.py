@@ -97,6 +97,13 @@ SOAK_RUN = "FAULT_SOAK_RUN"
 INJECTION_VARS = ("HSI_FAIL", "HSI_HANG", "HTAR_HANG", "HTAR_FAIL_EXIT", "HTAR_FAIL_NOIDX",
                   "HTAR_NO_IDX", "HTAR_STDERR", "HTAR_CORRUPT", "HPSS_FAIL_ONCE")
 PF_EXITING = 0x4
+#: The ways htar fails (the emulator's injection variables for one run).
+HTAR_FAILURES = {
+    "exit70": {"HTAR_FAIL_EXIT": "70"},                            # HTAR SUCCESSFUL, then 70
+    "exit70-noidx": {"HTAR_FAIL_EXIT": "70", "HTAR_FAIL_NOIDX": "1"},  # and no .idx
+    "corrupt": {"HTAR_CORRUPT": "1"},                              # CRC check fails, exit 1
+    "noidx": {"HTAR_NO_IDX": "1", "HTAR_STDERR": "HPSS connection reset"},  # exit 0, no .idx
+}
 #: DESTINATION entries with this prefix are the workflow's workspace, not nights.
 WORKSPACE = ".desitransfer"
 
@@ -239,12 +246,23 @@ class Proc:
     start: str        # /proc/PID/stat starttime: with pid, the process's identity
     pgid: int
     run: int | None   # the soak run whose environment it carries, if any
-    exiting: bool
+    dying: bool       # exiting, or SIGKILL pending: it is on its way out
     command: str
 
     def __str__(self) -> str:
         origin = f"run {self.run}" if self.run is not None else "untagged"
         return f"pid {self.pid} (pgid {self.pgid}, {origin}): {self.command[:200]}"
+
+
+def kill_pending(proc: Path) -> bool:
+    """Whether SIGKILL is pending for the process (thread or process-wide)."""
+    try:
+        status = (proc / "status").read_text()
+    except OSError:
+        return True  # gone
+    masks = [int(line.split()[1], 16) for line in status.splitlines()
+             if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGKILL - 1)) for mask in masks)
 
 
 def soak_processes(soak_id: str, root: Path) -> list[Proc]:
@@ -280,7 +298,7 @@ def soak_processes(soak_id: str, root: Path) -> list[Proc]:
         elif str(root) not in cmdline and not cwd.startswith(str(root)):
             continue
         found.append(Proc(int(entry.name), start, int(pgid), run,
-                          bool(int(flags) & PF_EXITING), cmdline))
+                          bool(int(flags) & PF_EXITING) or kill_pending(base), cmdline))
     return found
 
 
@@ -326,6 +344,9 @@ class Soak:
         self.problems_seen: set[str] = set()
         self.failures: list[dict] = []
         self.lingering: list[Proc] = []
+        self.deferred: set[tuple[int, str]] = set()
+        self.last_pgid = 0
+        self.notes: list[str] = []
         self.pending_problems: list[str] = []
         self.tar_cache: dict[tuple, dict] = {}
         self.audit = (REPO / "scripts" / "audit.py").is_file() and not args.no_audit
@@ -468,7 +489,7 @@ class Soak:
             if kind == "kill":
                 # The first kill lands early, surely while the run is going.
                 kill_after = round(self.rng.uniform(0.5, 2.5) if "kill" in self.cover
-                                   else self.rng.uniform(0.3, 9.0), 2)
+                                   else self.rng.uniform(0.3, 5.0), 2)
                 detail = f"SIGKILL of the run's process group after {kill_after} s"
             elif not self.eligible(kind, self.now):
                 continue
@@ -493,24 +514,21 @@ class Soak:
                 shutil.rmtree(self.site.state)
                 detail = f"rm -r {self.site.state.relative_to(self.root)}"
             elif kind == "htar_fail":
-                how = self.rng.choice(["exit70", "exit70-noidx", "corrupt", "noidx"])
-                env.update({"exit70": {"HTAR_FAIL_EXIT": "70"},
-                            "exit70-noidx": {"HTAR_FAIL_EXIT": "70", "HTAR_FAIL_NOIDX": "1"},
-                            "corrupt": {"HTAR_CORRUPT": "1"},
-                            "noidx": {"HTAR_NO_IDX": "1",
-                                      "HTAR_STDERR": "HPSS connection reset"}}[how])
-                detail, _ = how, hpss.append(kind)
+                how = self.rng.choice(sorted(HTAR_FAILURES))
+                env.update(HTAR_FAILURES[how])
+                detail = how
             elif kind == "htar_hang":
                 seconds = round(self.rng.uniform(0.5, HTAR_HANG_MAX), 2)
                 env["HTAR_HANG"] = str(seconds)
-                detail, _ = f"htar hangs {seconds} s (timeout {BACKUP_TIMEOUT} s)", \
-                    hpss.append(kind)
+                detail = f"htar hangs {seconds} s (timeout {BACKUP_TIMEOUT} s)"
             elif kind == "hsi_fail":
                 env["HSI_FAIL"] = "1"
-                detail, _ = "hsi fails", hpss.append(kind)
+                detail = "hsi fails"
             elif kind == "hpss_down":
                 self.status.set_status("down")
-                detail, _ = "status endpoint says down", hpss.append(kind)
+                detail = "status endpoint says down"
+            if kind in HPSS_FAULTS:
+                hpss.append(kind)
             self.note(run, kind, detail)
         return env, kill_after, hpss
 
@@ -578,25 +596,50 @@ class Soak:
         return RunResult(run, returncode, killed, seconds, err.read_text(errors="replace"))
 
     def after_run(self, run: int, pgid: int, killed: bool) -> None:
-        """Right after the run ended (or its group was killed and the cron entry reaped):
-        what is still alive of it, outside the killed group, outlived it."""
+        """Right after run `run` ended (or its group was killed and the cron entry
+        reaped). Anything of an earlier run still alive now, seconds after the next run
+        started, outlived its run: a problem. What is alive of this run is remembered
+        and judged when the next run starts (see `check_lingering`); a process outside
+        the killed group is already worth a note."""
         alive = soak_processes(self.soak_id, self.root)
-        # SIGKILL reached every process of the killed group: those are dying.
-        survivors = [p for p in alive if not p.exiting and not (killed and p.pgid == pgid)]
-        for proc in survivors:
-            how = "its process group was killed" if killed else "it ended"
-            self.problem(run, f"a process outlived run {run} after {how}: {proc}")
+        for proc in alive:
+            if not proc.dying and (proc.run is not None and proc.run < run
+                                   or (proc.pid, proc.start) in self.deferred):
+                self.problem(run, f"still alive after run {run} ended: {proc}")
+        self.deferred = set()
+        for proc in alive:
+            if proc.run == run and not proc.dying and not (killed and proc.pgid == pgid):
+                how = "its process group was killed" if killed else "it ended"
+                self.note_line(run, f"alive right after {how}: {proc}")
         self.lingering = alive
+        self.last_pgid = pgid
 
     def check_lingering(self, run: int) -> None:
-        now = {(p.pid, p.start): p for p in soak_processes(self.soak_id, self.root)}
+        """Run `run` has just started: nothing of an earlier run may still be alive.
+
+        Once every process of the last run's group is gone, whatever was to die with
+        them (PR_SET_PDEATHSIG, say) has been sent its signal: a process that is neither
+        exiting nor has SIGKILL pending has outlived its run. While some of the group
+        is still on its way out, judgement waits for the end of this run.
+        """
+        now = soak_processes(self.soak_id, self.root)
         earlier = {(p.pid, p.start) for p in self.lingering}
-        for key, proc in now.items():
-            if proc.exiting:
+        settled = not any(p.pgid == self.last_pgid for p in now)
+        for proc in now:
+            key = (proc.pid, proc.start)
+            if proc.dying or not (key in earlier or (proc.run is not None and proc.run < run)):
                 continue
-            if key in earlier or (proc.run is not None and proc.run < run):
+            if settled:
                 self.problem(run, f"still alive when run {run} started: {proc}")
+            else:
+                self.deferred.add(key)
         self.lingering = []
+
+    def note_line(self, run: int, text: str) -> None:
+        """Something worth knowing that breaks no invariant by itself."""
+        self.notes.append(f"run {run}: {text}")
+        self.log(f"run {run:3d}: {'(note)':16s} {text}")
+        print(f"note: run {run}: {text}", flush=True)
 
     # ----------------------------------------------------------------- invariants
 
@@ -838,8 +881,8 @@ class Soak:
         for item in self.held():
             if item not in self.problems_seen:
                 self.problems_seen.add(item)
-                print(f"note: run {run}: {item} is held by policy (verification failed"
-                      " max_attempts times)", flush=True)
+                self.note_line(run, f"{item} is held by policy (verification failed"
+                               " max_attempts times)")
         problems = self.check(run)
         new = [p for p in problems if p not in self.problems_seen]
         self.problems_seen.update(problems)
@@ -933,6 +976,8 @@ class Soak:
         print(f"  checks          {self.checks} after-run invariant checks "
               f"({self.check_seconds:.1f} s); audit {self.audit_note}"
               + (f" ({self.audit_seconds:.1f} s)" if self.audit else ""))
+        print(f"  notes           {len(self.notes)} (alive right after a kill, held"
+              " exposures; they break no invariant by themselves)")
         print(f"  {'fault':18s}{'injected':>9s}{'took effect':>13s}")
         for kind in FAULTS:
             print(f"  {kind:18s}{self.injected[kind]:9d}{self.effective[kind]:13d}")
@@ -946,7 +991,7 @@ class Soak:
                 "seed": self.args.seed, "runs": runs, "killed": self.killed_runs,
                 "seconds": round(self.seconds, 1), "outcome": outcome,
                 "audit": self.audit_note, "failures": self.failures,
-                "sequence": self.sequence,
+                "sequence": self.sequence, "notes": self.notes,
                 "faults": {k: {"injected": self.injected[k], "effective": self.effective[k]}
                            for k in FAULTS},
             }, indent=1))
