@@ -18,9 +18,9 @@ import datetime as dt
 import json
 import sys
 
+import scripts.status.reading as reading
 from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
 from scripts.markers import read_record
-from scripts.status import reading
 from scripts.status.formatting import duration, format_table, human_bytes, short_time
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import ExposureStatus, NightStatus

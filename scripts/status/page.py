@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import markupsafe
 import pandas as pd
 
+import scripts.status.plots as plots
 from scripts.escaping import printable
 from scripts.markers import write_bytes_atomic
-from scripts.status import plots
 from scripts.status.backlog import due_time
 from scripts.status.formatting import duration, human_bytes, short_time
 from scripts.status.model import (
@@ -35,8 +36,10 @@ from scripts.status.model import (
     ExposureStatus,
     NightStatus,
 )
-from scripts.status.report import Report
 from scripts.status.year_files import PUBLIC_MODE
+
+if TYPE_CHECKING:  # the report module imports this one, for the page
+    from scripts.status.report import Report
 
 #: CSS class of each night and exposure state.
 NIGHT_CLASS = {NIGHT_DONE: "done", NIGHT_ATTENTION: "attention", NIGHT_PROGRESS: "progress"}

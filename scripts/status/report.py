@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import scripts.status.reading as reading
 from scripts import __version__
 from scripts.configuration import get_now, with_defaults
+from scripts.joblog import file_handler
 from scripts.markers import read_record
-from scripts.status import reading
 from scripts.status.backlog import classify, night_backlog
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import BacklogItem, NightStatus
@@ -125,11 +126,7 @@ def write_status(config: dict, now: dt.datetime | None = None, page: bool = True
 def _status_log(config: dict) -> logging.Handler:
     logs = Path(config["state"], "logs")
     logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / "status.log", errors="backslashreplace")
-    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    return handler
+    return file_handler(logs / "status.log")
 
 
 def rebuild_after_run(config: dict) -> str:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import scripts.status.reading as reading
 from scripts.markers import read_record, write_bytes_atomic, write_json_atomic
-from scripts.status import reading
 from scripts.status.model import ExposureStatus, NightStatus, milliseconds
 
 log = logging.getLogger("status")
