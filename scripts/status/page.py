@@ -10,6 +10,7 @@ printable (`scripts.escaping.printable`): a file name with any bytes cannot brea
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,6 +146,7 @@ def _printable(value: object) -> object:
     return value
 
 
+@functools.cache
 def environment() -> jinja2.Environment:
     """Jinja2 with HTML escaping, and `printable` applied to every value shown."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
