@@ -44,6 +44,12 @@ SIZES = {
     "e2e_exposures": (20, 20),
     "e2e_file": (20 * 10**6, 5 * 10**6),
     "overhead_exposures": ((20, 200), (20, 60)),
+    # case 5: fresh exposures published for this many seconds, htar hanging as long,
+    # backlog nights of this many exposures (3 nights), cron every N seconds
+    "fresh_window": (120, 45),
+    "fresh_hang": (120, 45),
+    "fresh_backlog": (100, 40),
+    "fresh_periods": ((10, 60), (10,)),
 }
 
 
@@ -52,7 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smaller data (200 nights, 0.5 GB files, 60 exposures at most)")
-    parser.add_argument("--cases", default="1,2,3,4",
+    parser.add_argument("--cases", default="1,2,3,4,5",
                         help="comma-separated cases to run (default: all)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per measurement, median reported (default 3; cases 1 and"
@@ -102,7 +108,7 @@ class Cases:
 
 
 def run_all(opts) -> Cases:
-    from bench import endtoend, scale, verification
+    from bench import endtoend, freshness, scale, verification
 
     cases = Cases(opts)
     scale_opts = argparse.Namespace(**vars(opts))
@@ -125,6 +131,9 @@ def run_all(opts) -> Cases:
     cases.case(4, "end to end, and orchestration overhead", lambda: endtoend.run(opts))
     if not opts.keep:
         endtoend.clean()
+    cases.case(5, "freshness: publication to installed under a backup and a backlog",
+               lambda: freshness.run(opts))
+    freshness.clean()
     return cases
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from conftest import NIGHT, REPO, STREAM, planned_jobs
 from test_cron_entry import CRON, cron, cron_log
+from test_exposure_workflow import wait_for_exit
 
 from scripts.lanes import lane_activity
 from scripts.markers import read_record
@@ -38,6 +39,25 @@ def start_cron(site, *args: str, **env: str) -> subprocess.Popen:
 def finish(process: subprocess.Popen) -> tuple[int, str]:
     _, stderr = process.communicate(timeout=RUN_LIMIT)
     return process.returncode, stderr
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (from /proc), to wait for them all."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
 
 
 def installed_at(site, night: str, expid: str) -> int:
@@ -113,8 +133,10 @@ def test_exposure_published_during_a_backup_is_installed_before_the_backup_ends(
         assert not site.marker(NIGHT, None, "backedup").exists()  # ...and not done
         assert "the nights lane is busy" in cron_log(site)
     finally:
+        tree = descendants(nights.pid)  # cron entry, Snakemake, the job, htar
         os.killpg(nights.pid, signal.SIGKILL)  # the night lane is killed mid-backup
         nights.wait()
+        wait_for_exit(tree, timeout=30)  # htar too: it dies with its job
     killed = {lane["lane"]: lane for lane in lane_activity(site.state)}
     assert killed["nights"]["state"] == "killed"
     assert killed["exposures"]["state"] == "idle"
