@@ -218,14 +218,19 @@ def test_an_exposure_that_cannot_be_staged_is_held_mailed_once_and_its_night_goe
 # --------------------------------------------------------------------------- 5. catch-up
 
 
-def test_a_late_file_that_fails_reverification_is_an_exposure_failure(site, mailbox):
+@pytest.mark.parametrize("when", ["morning", "final"])
+def test_a_late_file_that_fails_reverification_is_an_exposure_failure(site, mailbox, when):
+    """In the morning catch-up, or in the final catch-up the backup runs first."""
     data = site.exposure("00007300")
-    site.config["now"] = "2026-11-28T12:00:00Z"  # before the catch-up
+    site.config["backup"] = {"backend": "tar", "archive": str(site.root / "tape"),
+                             "hpss_status": ""}
+    # Installed before the catch-up; for the final one, caught up before the backup.
+    site.config["now"] = "2026-11-28T12:00:00Z" if when == "morning" else NOW_BACKUP_OF_OLDER
     site.run()
     late = data / "desi-00007300.fits.fz"
     late.write_bytes(os.urandom(3000))  # changed after installation; the checksum is not
     os.utime(late, (late.stat().st_atime, late.stat().st_mtime + 60))
-    site.config["now"] = "2026-11-28T16:00:00Z"
+    site.config["now"] = NOW_BACKUP_OF_OLDER if when == "morning" else "2026-11-28T21:00:00Z"
     site.config["verify"]["max_attempts"] = 1
     with_alerts(site, mailbox)
     assert cron(site).returncode == 0
@@ -237,6 +242,8 @@ def test_a_late_file_that_fails_reverification_is_an_exposure_failure(site, mail
     assert checksum_row[1] == 0  # DESI's status file says the checksum failed
     assert (STREAM, f"{NIGHT}/00007300", "catch-up") in page_problems(site)
     assert [p["item"] for p in status_failures(site)] == [f"{NIGHT}/00007300"]
+    if when == "final":  # the night went to tape all the same, with the verified copy
+        assert site.record(NIGHT, None, "backedup")["exposures"] == ["00007300"]
     cron(site)
     assert len(mailbox.messages) == 1
 
