@@ -36,6 +36,7 @@ from scripts.hpss import BackupError, hsi_list, htar_command, htar_members, pars
 from scripts.job import run_job
 from scripts.markers import (
     marker_path,
+    next_attempt,
     read_failure,
     read_record,
     utc_timestamp,
@@ -330,9 +331,8 @@ def run_backup(config: dict, stream: Stream, night: str, marker: Path, expids: l
             main = marker_path(config["state"], stream.name, night, None, "backedup")
             record = back_up_late_exposures(config, stream, night, expids, main)
     except BackupError as err:
-        attempts = previous_failure.get("attempts", 0) + 1
         log.error("Backup of %s failed: %s", night, err)
-        write_failure(marker, str(err), attempts)
+        write_failure(marker, str(err), next_attempt(marker))
         return False
     record["duration"] = round(time.monotonic() - start, 3)
     if previous_failure:

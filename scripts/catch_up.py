@@ -29,7 +29,7 @@ from scripts.links import LinkCheckError, UnsafeLinkError
 from scripts.markers import (
     failure_path,
     marker_path,
-    read_failure,
+    next_attempt,
     read_record,
     utc_timestamp,
     write_failure,
@@ -135,7 +135,7 @@ def failed_update(config: dict, stream: Stream, night: str, expid: str, reason: 
                   **details) -> dict:
     """Record on the exposure that its catch-up failed; the archive was not touched."""
     marker = marker_path(config["state"], stream.name, night, expid, "updated")
-    attempts = (read_failure(marker) or {}).get("attempts", 0) + 1
+    attempts = next_attempt(marker)
     log.critical("%s", reason)
     write_failure(marker, reason, attempts, stage="catch-up", **details)
     return {"outcome": "failed", "reason": reason, **details}
@@ -201,7 +201,7 @@ def run_catch_up(config: dict, stream: Stream, night: str, threads: int) -> bool
         record = catch_up_night(config, stream, night, threads)
     except CatchUpError as err:
         log.error("%s, check logs!", err)
-        write_failure(marker, str(err), (read_failure(marker) or {}).get("attempts", 0) + 1)
+        write_failure(marker, str(err), next_attempt(marker))
         return False
     record["duration"] = round(time.monotonic() - start, 3)
     if record["outcome"] == "failed":

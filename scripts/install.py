@@ -24,7 +24,7 @@ from scripts.job import run_job
 from scripts.archive import discard, place, recover, replace
 from scripts.checksum import verify_exposure
 from scripts.configuration import Stream, get_streams
-from scripts.markers import marker_path, read_failure, read_record, write_failure, write_marker
+from scripts.markers import marker_path, next_attempt, read_record, write_failure, write_marker
 from scripts.permissions import DIR_MODE, lock_tree, locked_dir_mode
 from scripts.stage import tree_size
 
@@ -87,7 +87,7 @@ def install(config: dict, stream: Stream, night: str, expid: str) -> bool:
                                           "checksummed")) or {}
     destination = stream.destination_exposure(night, expid)
     start = time.monotonic()
-    attempt = (read_failure(marker) or {}).get("attempts", 0) + 1
+    attempt = next_attempt(marker)
     night_directory(stream, night)
     try:
         how = put_in_place(stream, night, expid, checksummed)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from scripts.commands import kill_running
-from scripts.markers import read_failure, write_failure
+from scripts.markers import next_attempt, write_failure
 
 
 def utc_formatter() -> logging.Formatter:
@@ -69,7 +69,7 @@ def record_termination(marker: str) -> None:
                       f"{time.monotonic() - start:.0f} s"
                       + (f" (Slurm job {job}: time limit, scancel or node shutdown)"
                          if job else "") + "; the next run tries again")
-            attempts = (read_failure(marker) or {}).get("attempts", 0) + 1
+            attempts = next_attempt(marker)
             write_failure(marker, reason, attempts, killed=True, slurm_job=job)
             logging.getLogger().error("%s: %s", Path(marker).name, reason)
         kill_running()  # rsync or htar in their own process groups

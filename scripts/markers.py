@@ -97,3 +97,8 @@ def write_failure(marker: str | os.PathLike, reason: str, attempts: int, **extra
 def read_failure(marker: str | os.PathLike) -> dict[str, Any] | None:
     """The failure record of `marker`, if any."""
     return read_record(failure_path(marker))
+
+
+def next_attempt(marker: str | os.PathLike) -> int:
+    """The number of the attempt starting now: one more than its failure record counts."""
+    return (read_failure(marker) or {}).get("attempts", 0) + 1

@@ -34,6 +34,7 @@ from scripts.links import LinkCheckError, UnsafeLinkError, resolve_exposure
 from scripts.markers import (
     failure_path,
     marker_path,
+    next_attempt,
     read_failure,
     write_failure,
     write_marker,
@@ -152,7 +153,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
     if destination.is_dir() and not staging.exists():
         adopt(marker, destination, published)
         return True
-    attempt = (read_failure(marker) or {}).get("attempts", 0) + 1
+    attempt = next_attempt(marker)
     staging.mkdir(parents=True, exist_ok=True)
     try:
         result = fetch(config["remote"], stream, night, expid, staging, delete=True)
