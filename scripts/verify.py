@@ -133,6 +133,49 @@ def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
         attempt += 1
 
 
+def apply_policy(config: dict, marker: Path, result: VerificationResult, location: str,
+                 directory: Path, seconds: float) -> bool:
+    """Verification failed `verify.max_attempts` times: ``install`` writes the marker
+    with outcome "failed" (the failure record stays), ``hold`` marks the record held.
+
+    Returns
+    -------
+    bool
+        True when the marker was written.
+    """
+    max_attempts = config["verify"]["max_attempts"]
+    failure = read_failure(marker)
+    exposure = "/".join(Path(marker).parts[-2:]).split(".", 1)[0]
+    if config["verify"]["on_failure"] == "install":
+        log.error("%s failed verification %d times; installing anyway (on_failure: install);"
+                  " the failure stays recorded in %s", exposure, max_attempts,
+                  failure_path(marker))
+        # The marker lets the data flow; the failure record stays beside it.
+        write_json_atomic(failure_path(marker), {**failure, "policy": "install"})
+        write_json_atomic(marker, {
+            "time": failure["time"], "outcome": "failed", "accepted_by_policy": "install",
+            "attempt": max_attempts, "files": result.files, "bytes": result.bytes,
+            "location": location, "reason": result.reason(), "duration": round(seconds, 3),
+        })
+        return True
+    log.error("%s failed verification %d times; held in %s (on_failure: hold). Fix the"
+              " data, then remove %s to try again.", exposure, max_attempts, directory,
+              failure_path(marker))
+    write_json_atomic(failure_path(marker), {**failure, "policy": "hold", "held": True})
+    return False
+
+
+def staged_copy_gone(config: dict, stream: Stream, night: str, expid: str, directory: Path,
+                     location: str, attempt: int) -> bool:
+    """The staged copy was removed after its marker: record it and stage again."""
+    marker = marker_path(config["state"], stream.name, night, expid, "checksummed")
+    reason = f"{night}/{expid}: the staged copy {directory} is gone; the next run stages it again"
+    log.error(reason)
+    write_failure(marker, reason, attempt, location=location)
+    marker_path(config["state"], stream.name, night, expid, "staged").unlink(missing_ok=True)
+    return False
+
+
 def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -> bool:
     """Verify `night`/`expid`, retrying and applying the policy.
 
@@ -143,17 +186,10 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
     """
     marker = marker_path(config["state"], stream.name, night, expid, "checksummed")
     max_attempts = config["verify"]["max_attempts"]
-    policy = config["verify"]["on_failure"]
     directory, location = exposure_directory(config, stream, night, expid)
-    previous = read_failure(marker) or {}
-    done = previous.get("attempts", 0)
+    done = (read_failure(marker) or {}).get("attempts", 0)
     if not directory.is_dir():
-        reason = (f"{night}/{expid}: the staged copy {directory} is gone; the next run"
-                  " stages it again")
-        log.error(reason)
-        write_failure(marker, reason, done + 1, location=location)
-        marker_path(config["state"], stream.name, night, expid, "staged").unlink(missing_ok=True)
-        return False
+        return staged_copy_gone(config, stream, night, expid, directory, location, done + 1)
     # A run killed mid-verification goes on counting; an exhausted record (released by
     # a person, or from a run with another policy) starts afresh.
     first = done + 1 if 0 < done < max_attempts else 1
@@ -167,49 +203,38 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
         """The adopted archive copy failed: rebuild it in staging, and say so in the
         staged marker so that a run killed now goes on there."""
         nonlocal location
-        staging = stream.staging_exposure(night, expid)
-        copied = copy_good_files(directory, staging, set(result.mismatched))
-        log.warning("%s/%s in the archive failed verification: building a copy in %s from"
-                    " its %d good files and the mountain; the archive is not touched",
-                    night, expid, staging, copied)
-        staged = marker_path(config["state"], stream.name, night, expid, "staged")
-        write_marker(staged, {**(read_record(staged) or {}), "location": "staging",
-                              "outcome": "refetched to replace the archive's copy",
-                              "seeded_from_archive": copied})
         location = "staging"
-        return staging
+        return rebuild_in_staging(config, stream, night, expid, directory, result)
 
     result, attempt, directory = verify_with_retries(
         config, stream, night, expid, directory, threads, first, record_failure, to_staging)
-    if result.ok:
-        log.info("%s/%s verified: %d files, %d bytes (attempt %d)", night, expid,
-                 result.files, result.bytes, attempt)
-        write_marker(marker, {
-            "outcome": "verified", "attempt": attempt, "files": result.files,
-            "bytes": result.bytes, "location": location,
-            "duration": round(time.monotonic() - start, 3),
-        })
-        return True
-    failure = read_failure(marker)
-    if policy == "install":
-        log.error("%s/%s failed verification %d times; installing anyway (on_failure: install);"
-                  " the failure stays recorded in %s", night, expid, max_attempts,
-                  failure_path(marker))
-        # The marker lets the data flow; the failure record stays beside it.
-        write_json_atomic(failure_path(marker), {**failure, "policy": "install"})
-        record = {
-            "time": failure["time"], "outcome": "failed", "accepted_by_policy": "install",
-            "attempt": max_attempts, "files": result.files, "bytes": result.bytes,
-            "location": location, "reason": result.reason(),
-            "duration": round(time.monotonic() - start, 3),
-        }
-        write_json_atomic(marker, record)
-        return True
-    log.error("%s/%s failed verification %d times; held in %s (on_failure: hold). Fix the"
-              " data, then remove %s to try again.", night, expid, max_attempts, directory,
-              failure_path(marker))
-    write_json_atomic(failure_path(marker), {**failure, "policy": "hold", "held": True})
-    return False
+    if not result.ok:
+        return apply_policy(config, marker, result, location, directory,
+                            time.monotonic() - start)
+    log.info("%s/%s verified: %d files, %d bytes (attempt %d)", night, expid,
+             result.files, result.bytes, attempt)
+    write_marker(marker, {
+        "outcome": "verified", "attempt": attempt, "files": result.files,
+        "bytes": result.bytes, "location": location,
+        "duration": round(time.monotonic() - start, 3),
+    })
+    return True
+
+
+def rebuild_in_staging(config: dict, stream: Stream, night: str, expid: str, archive: Path,
+                       result: VerificationResult) -> Path:
+    """Seed staging with the archive copy's good files (the archive is only read) and
+    point the staged marker there; return the staging copy."""
+    staging = stream.staging_exposure(night, expid)
+    copied = copy_good_files(archive, staging, set(result.mismatched))
+    log.warning("%s/%s in the archive failed verification: building a copy in %s from"
+                " its %d good files and the mountain; the archive is not touched",
+                night, expid, staging, copied)
+    staged = marker_path(config["state"], stream.name, night, expid, "staged")
+    write_marker(staged, {**(read_record(staged) or {}), "location": "staging",
+                          "outcome": "refetched to replace the archive's copy",
+                          "seeded_from_archive": copied})
+    return staging
 
 
 if __name__ == "__main__":
