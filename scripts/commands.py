@@ -100,6 +100,7 @@ def run(
         log.debug("not found: %s", command[0])
         return CommandResult(command, None, "", "", 0.0, missing=True)
     RUNNING.add(proc)
+    log.debug("started as pid %d: %s", proc.pid, command[0])
     try:
         out, err = proc.communicate(timeout=timeout)
         timed_out = False

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from conftest import NIGHT, REPO, STREAM, planned_jobs
-from test_exposure_workflow import processes_mentioning, tree, wait_for_exit
+from test_exposure_workflow import started_commands, tree, wait_for_exit
 
 from scripts.mountain import checksum_line
 
@@ -150,6 +150,7 @@ def test_sigkill_during_catch_up_leaves_nothing_in_the_installed_exposure(site):
     (data / "late-00005020.fits.fz").write_bytes(os.urandom(1) * (240 * 2**20))
     write_checksums(data, "00005020")
     site.config["now"] = AFTER_CATCHUP
+    site.config["debug"] = True  # the job logs its commands' pids
     process = subprocess.Popen(site.command(), cwd=site.root, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     side = site.staging / ".catch-up" / NIGHT / "00005020"
@@ -158,7 +159,9 @@ def test_sigkill_during_catch_up_leaves_nothing_in_the_installed_exposure(site):
         assert process.poll() is None, "the catch-up ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    survivors = processes_mentioning(side)
+    survivors = started_commands(site.state / "logs" / STREAM / f"{NIGHT}.caughtup.log",
+                                 "rsync")
+    assert survivors, "the catch-up's rsync was not running"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     wait_for_exit(survivors, timeout=10)

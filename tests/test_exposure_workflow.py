@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -30,17 +31,11 @@ def tree(path: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
-def processes_mentioning(path: Path) -> list[int]:
-    """Pids whose command line names `path` (a test's own temporary directory)."""
-    needle = os.fsencode(str(path))
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+def started_commands(log: Path, name: str) -> list[int]:
+    """The pids of the `name` commands a job started, from its rule log (with
+    ``debug: true`` every command logs its pid): never from other processes."""
+    return [int(m.group(1)) for m in
+            re.finditer(rf"started as pid (\d+): {re.escape(name)}\b", log.read_text())]
 
 
 def wait_for_exit(pids: list[int], timeout: float) -> None:
@@ -274,6 +269,7 @@ def test_editing_a_rule_or_a_key_reruns_no_done_exposure(site, tmp_path):
 def test_sigkill_during_rsync_is_completed_by_the_next_run(site):
     big = {f"desi-{i}.fits.fz": os.urandom(1) * (60 * 2**20) for i in range(4)}
     site.exposure("00001130", big)
+    site.config["debug"] = True  # the job logs its commands' pids
     process = subprocess.Popen(site.command(), cwd=site.root, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
     staging = site.staging / NIGHT / "00001130"
@@ -283,7 +279,8 @@ def test_sigkill_during_rsync_is_completed_by_the_next_run(site):
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    survivors = processes_mentioning(staging)
+    survivors = started_commands(
+        site.state / "logs" / STREAM / NIGHT / "00001130.staged.log", "rsync")
     assert survivors, "rsync was not running"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
