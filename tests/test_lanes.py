@@ -236,3 +236,23 @@ def test_an_unknown_lane_is_one_line(site):
     result = site.run("-n", check=False)
     assert result.returncode != 0
     assert "DESITRANSFER_LANE='tape' is not a lane" in result.stderr
+
+
+def test_a_bounded_run_takes_the_newest_night_first():
+    from scripts.targets import newest_first
+
+    pending = [("S", "20261125", "00000003"), ("S", "20261128", "00000102"),
+               ("S", "20261125", "00000001"), ("S", "20261128", "00000101"),
+               ("S", "20261126", "00000050")]
+    assert newest_first(pending, 3) == [("S", "20261128", "00000101"),
+                                        ("S", "20261128", "00000102"),
+                                        ("S", "20261126", "00000050")]
+    assert len(newest_first(pending)) == 5
+
+
+def test_the_cron_entry_takes_its_lane_out_of_the_snakemake_arguments():
+    from scripts.cron_entry import split_arguments
+
+    config, lane, extra = split_arguments(["c.yaml", "--lane", "nights", "-n", "--lane=exposures"])
+    assert (str(config), lane, extra) == ("c.yaml", "exposures", ["-n"])
+    assert split_arguments(["--workflow-profile", "p"])[1:] == (None, ["--workflow-profile", "p"])

@@ -24,14 +24,23 @@ def test_night_over_ssh_is_installed(site, sshd):
     assert (site.installed(NIGHT, "00002000") / "a b.fits").read_bytes() == b"a" * 1000
 
 
-def test_listing_is_cached_for_the_configured_time(site, sshd):
+def test_listing_is_cached_for_the_parses_of_one_run_only(site, sshd):
     over_ssh(site, sshd, listing_cache=3600)
+    site.env["DESITRANSFER_RUN"] = "run-1"  # re-parses of one run (e.g. its Slurm jobs)
     site.exposure("00002010")
     assert planned_jobs(site.run("-n").stdout)["stage_exposure"] == 1
     site.exposure("00002011")  # the cached listing does not know it yet
     assert planned_jobs(site.run("-n").stdout)["stage_exposure"] == 1
-    site.config["remote"]["listing_cache"] = 0
+    site.env["DESITRANSFER_RUN"] = "run-2"  # a later run lists afresh
     assert planned_jobs(site.run("-n").stdout)["stage_exposure"] == 2
+    site.exposure("00002012")
+    site.env["DESITRANSFER_RUN"] = "run-2"
+    site.config["remote"]["listing_cache"] = 0  # no cache at all: every parse lists
+    assert planned_jobs(site.run("-n").stdout)["stage_exposure"] == 3
+    del site.env["DESITRANSFER_RUN"]  # a run started by hand has an id of its own
+    site.exposure("00002013")
+    site.config["remote"]["listing_cache"] = 3600
+    assert planned_jobs(site.run("-n").stdout)["stage_exposure"] == 4
 
 
 def test_ssh_to_a_dead_port_is_one_clear_error(site, sshd):
