@@ -24,9 +24,23 @@ temporary mountain + data centre, with faults between and during the runs:
 * ``time``: the simulated clock (configuration key ``now``) advances, so that nights
   become due for catch-up and backup.
 
-After every run, killed or not, the invariants are checked (`Soak.check`); after a
-final quiet phase (no faults, the clock past the last night's backup hour) every
-published exposure must be installed and every night backed up. On the first broken
+After every run, killed or not, the invariants are checked (`Soak.check`):
+
+* every installed file has the bytes its exposure's installed checksum file names, and
+  that checksum file is one the mountain published for the exposure (the soak keeps
+  every published version); nothing is missing, nothing extra;
+* a night directory holds exposure directories only (no ``.X.installing``, no rsync
+  temporary); files are 0o440, directories 0o2750 or 0o2550;
+* an ``.installed`` marker has its exposure in the destination; every exposure a backup
+  record names is in the archive it names, read from the tar on tape (and the .idx is
+  there); an archive on tape, once complete, never changes;
+* ``python -m scripts.audit --config CONFIG`` exits 0 (skipped, and said so, while
+  scripts/audit.py does not exist);
+* nothing of a run is alive once the next run has started (see `check_lingering`).
+
+After a final quiet phase (no faults, the clock past the last night's backup hour)
+every published exposure must be installed, every night caught up and backed up, with
+nobody intervening, and the last run must succeed. On the first broken
 invariant the seed, the run and the fault sequence so far are printed and the exit
 status is 1 (``--keep-going`` reports every new problem and carries on). A summary
 table ends every soak. ``tests/test_fault_soak.py`` runs a short version in
@@ -349,6 +363,7 @@ class Soak:
         self.notes: list[str] = []
         self.pending_problems: list[str] = []
         self.tar_cache: dict[tuple, dict] = {}
+        self.tape_seen: dict[str, tuple[tuple, str]] = {}
         self.audit = (REPO / "scripts" / "audit.py").is_file() and not args.no_audit
         self.audit_note = ("ran after every run" if self.audit else
                            "SKIPPED (scripts/audit.py does not exist)" if not args.no_audit
@@ -653,6 +668,7 @@ class Soak:
         problems = list(self.pending_problems)
         problems += self.check_archive()
         problems += self.check_records()
+        problems += self.check_tape()
         self.check_seconds += time.monotonic() - start
         if self.audit:
             start = time.monotonic()
@@ -803,6 +819,27 @@ class Soak:
                     contents[f"{parts[0]}/{parts[1]}"][parts[2]] = value
             self.tar_cache[key] = dict(contents)
         return {k: dict(v) for k, v in self.tar_cache[key].items()}
+
+    def check_tape(self) -> list[str]:
+        """An archive on tape, once complete (its .idx beside it), never changes."""
+        problems = []
+        directory = self.tape / HPSS_DIR
+        if not directory.is_dir():
+            return problems
+        for tar_path in sorted(directory.glob("*.tar")):
+            if not Path(f"{tar_path}.idx").is_file():
+                continue
+            st = tar_path.stat()
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            seen = self.tape_seen.get(tar_path.name)
+            if seen is not None and seen[0] == key:
+                continue
+            digest = sha256(tar_path.read_bytes())
+            if seen is not None and seen[1] != digest:
+                problems.append(f"{HPSS_DIR}/{tar_path.name} was overwritten on tape after it"
+                                " was complete")
+            self.tape_seen[tar_path.name] = (key, digest)
+        return problems
 
     def check_audit(self) -> list[str]:
         result = subprocess.run(
