@@ -7,13 +7,13 @@ adopted archives, a failed htar's retry and nights whose links left the mountain
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 from conftest import NIGHT, REPO, STREAM, planned_jobs
+from test_night_workflow import htar_calls
 
 from scripts.backup import Tape, archive_name, exposures_in, plan_archives
 from scripts.configuration import Stream
@@ -148,14 +148,6 @@ def test_tape_members_reads_an_archive_back(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------- the real workflow
-
-
-def htar_calls(tape: Path) -> list[list[str]]:
-    calls = tape / ".calls.jsonl"
-    if not calls.exists():
-        return []
-    return [c["argv"] for c in map(json.loads, calls.read_text().splitlines())
-            if c["prog"] == "htar"]
 
 
 def created(tape: Path) -> list[str]:
