@@ -96,7 +96,11 @@ def prepare(copy: Path, destination: Path, night: str, expid: str,
     except OSError as err:
         if err.errno != errno.EXDEV:
             raise
-        shutil.copytree(copy, incoming, symlinks=True)
+        try:
+            shutil.copytree(copy, incoming, symlinks=True)
+        except BaseException:
+            discard(incoming)  # a full disk, say: no partial copy stays behind
+            raise
     lock_tree(incoming, dir_mode)
     return incoming
 
