@@ -29,8 +29,23 @@ except WorkflowError:
 
 
 include: "rules/common.smk"
-include: "rules/exposure.smk"
-include: "rules/night.smk"
+
+
+# A lane's run knows only its own rules (the lane comes from DESITRANSFER_LANE, see
+# rules/common.smk). The night lane's DAG has the exposures' markers as inputs: with
+# no rule to make them, it can never plan an exposure job, nor redo one that the
+# exposure lane is running (or was killed in) as incomplete. A run without a lane
+# (-n, --dag, a run by hand) has every rule.
+if LANE != "nights":
+
+    include: "rules/exposure.smk"
+
+
+if LANE != "exposures":
+
+    include: "rules/night.smk"
+
+
 include: "rules/status.smk"
 
 
@@ -46,15 +61,12 @@ onstart:
 
 
 # Only pending work: done exposures and nights never enter the DAG. A lane plans its
-# own work only, and runs only its own rules (Snakemake's --allowed-rules): the night
-# lane's DAG has the exposures' markers as inputs and must never re-run one of them.
+# own work only.
 TARGETS = []
 if LANE != "nights":
     TARGETS += get_exposure_targets() + get_listing_failure_targets()
 if LANE != "exposures":
     TARGETS += get_night_targets()
-if LANE and workflow.dag_settings is not None:
-    workflow.dag_settings.allowed_rules = frozenset(LANE_RULES[LANE])
 
 
 # Run in the main process even with a cluster executor: the target rule, the
@@ -62,8 +74,13 @@ if LANE and workflow.dag_settings is not None:
 # bookkeeping, not worth a batch job). See profiles/slurm/README.md.
 localrules:
     all,
-    report_listing_failure,
-    install_exposure,
+
+
+if LANE != "nights":
+
+    localrules:
+        report_listing_failure,
+        install_exposure,
 
 
 rule all:

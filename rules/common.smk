@@ -20,7 +20,7 @@ from scripts.configuration import (
     get_streams,
 )
 from scripts.hpss import hpss_status
-from scripts.lanes import LANE_RULES, LaneError, describe_plan, get_lane, get_run_id
+from scripts.lanes import LaneError, describe_plan, get_lane, get_run_id
 from scripts.markers import (
     failure_path,
     marker_path,

@@ -30,14 +30,6 @@ from scripts.run_lock import LANE_DIRECTORY, LANES, is_locked
 ENV_LANE = "DESITRANSFER_LANE"
 #: The run a parse belongs to: the listing cache serves only parses of the same run.
 ENV_RUN = "DESITRANSFER_RUN"
-#: The rules each lane may run (Snakemake's --allowed-rules). The night lane's DAG has
-#: the exposures' markers as inputs: it must never plan (or re-run, as incomplete) an
-#: exposure job, which may be running in the exposure lane at that very moment.
-LANE_RULES = {
-    "exposures": ("all", "report_listing_failure", "stage_exposure", "verify_exposure",
-                  "install_exposure"),
-    "nights": ("all", "catch_up_night", "back_up_night", "back_up_late_exposures"),
-}
 #: How many planned items an activity record names (the counts are always complete).
 SHOWN = 5
 

@@ -256,3 +256,23 @@ def test_the_cron_entry_takes_its_lane_out_of_the_snakemake_arguments():
     config, lane, extra = split_arguments(["c.yaml", "--lane", "nights", "-n", "--lane=exposures"])
     assert (str(config), lane, extra) == ("c.yaml", "exposures", ["-n"])
     assert split_arguments(["--workflow-profile", "p"])[1:] == (None, ["--workflow-profile", "p"])
+
+
+def test_the_night_lane_never_reruns_an_exposure_job_marked_incomplete(site):
+    from base64 import urlsafe_b64encode
+
+    site.config["now"] = "2026-11-27T10:00:00Z"  # no catch-up due yet
+    site.exposure("00007200")
+    site.run()
+    site.config["now"] = "2026-11-28T15:00:00Z"  # NIGHT's catch-up due
+    # As Snakemake leaves it while the exposure lane runs (or after it was killed in)
+    # the install job: the marker exists and is flagged incomplete.
+    marker = str(site.marker(NIGHT, "00007200", "installed"))
+    flag = site.root / ".snakemake" / "incomplete" / urlsafe_b64encode(marker.encode()).decode()
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.write_text('{"external_jobid": null}')
+    # A run of all the work would redo the install (rerun-incomplete in the profile)...
+    assert planned_jobs(site.run("-n").stdout).get("install_exposure") == 1
+    # ...the night lane never plans a job of the exposure lane, incomplete or not.
+    site.env["DESITRANSFER_LANE"] = "nights"
+    assert planned_jobs(site.run("-n").stdout) == {"all": 1, "catch_up_night": 1}
