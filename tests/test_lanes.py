@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -276,3 +277,24 @@ def test_the_night_lane_never_reruns_an_exposure_job_marked_incomplete(site):
     # ...the night lane never plans a job of the exposure lane, incomplete or not.
     site.env["DESITRANSFER_LANE"] = "nights"
     assert planned_jobs(site.run("-n").stdout) == {"all": 1, "catch_up_night": 1}
+
+
+def test_the_status_command_and_page_say_what_each_lane_is_doing(site):
+    from scripts.lanes import start_activity
+    from scripts.run_lock import try_lock
+    from scripts.status.report import write_status
+
+    site.exposure("00009900")
+    site.run()
+    held = try_lock(site.state, "exposures")  # as a running exposure lane holds it
+    try:
+        start_activity(site.state, ["exposures"], "run-1", {"on": "1 exposure(s)"})
+        out = subprocess.run([sys.executable, "-m", "scripts.status", "--config",
+                              str(site.config_file)], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout
+        assert "exposures lane: running since" in out and "on 1 exposure(s)" in out
+        assert "nights lane: idle since" in out or "nights lane: never" in out
+        page = write_status(site.config)[-1].read_text()
+        assert 'id="lanes"' in page and "exposures lane: running since" in page
+    finally:
+        held.close()

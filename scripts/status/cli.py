@@ -20,8 +20,9 @@ import sys
 
 import scripts.status.reading as reading
 from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
+from scripts.lanes import lane_activity
 from scripts.markers import read_record
-from scripts.status.formatting import duration, format_table, human_bytes, short_time
+from scripts.status.formatting import duration, format_table, human_bytes, lane_text, short_time
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import ExposureStatus, NightStatus
 from scripts.status.problems import Problem, all_problems, find_problems
@@ -143,6 +144,8 @@ def nights_output(config: dict, now: dt.datetime, night: str | None, count: int,
         return rows
     if latency.count:
         text += "\n\n" + latency_text(latency)
+    if not night:  # the overview also says what each lane is doing now
+        text += "\n\n" + "\n".join(lane_text(lane) for lane in lane_activity(config["state"]))
     if backlog:
         text += "\n\nBacklog (due, not done):\n" + "\n".join(
             f"  {b.stream} {b.night} {b.stage}: {b.why}" for b in backlog)

@@ -17,6 +17,19 @@ def human_bytes(size: int) -> str:
     return f"{value:.1f} TB"
 
 
+def lane_text(lane: dict) -> str:
+    """One line saying what a lane is doing (see `scripts.lanes.lane_activity`)."""
+    name, state = lane["lane"], lane["state"]
+    if state == "running":
+        return f"{name} lane: running since {short_time(lane.get('started'))} on {lane.get('on')}"
+    if state == "idle":
+        return f"{name} lane: idle since {short_time(lane.get('finished'))}"
+    if state == "killed":
+        return (f"{name} lane: its run of {short_time(lane.get('started'))} was killed;"
+                " the next run recovers it")
+    return f"{name} lane: {state}"
+
+
 def short_time(value: Any) -> str:
     """``11-29 02:11:46``: a night spans two UTC dates, so the date stays."""
     when = value if isinstance(value, dt.datetime) else parse_time(value)

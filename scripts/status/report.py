@@ -13,6 +13,7 @@ import scripts.status.reading as reading
 from scripts import __version__
 from scripts.configuration import get_now, with_defaults
 from scripts.joblog import file_handler
+from scripts.lanes import lane_activity
 from scripts.markers import read_record
 from scripts.status.backlog import classify, night_backlog
 from scripts.status.latency import LatencySummary, latency_summary
@@ -39,6 +40,7 @@ class Report:
     hpss: dict | None
     listings: dict[str, dt.datetime | None]   # stream -> time of the last listing
     latency: LatencySummary                   # over the nights shown
+    lanes: list[dict] = field(default_factory=list)  # what each lane is doing now
     version: str = __version__
     year_files: list[str] = field(default_factory=list)  # relative to the page
 
@@ -95,7 +97,7 @@ def build_report(config: dict, now: dt.datetime | None = None,
     shown.sort(key=lambda n: (n.night, n.stream), reverse=True)
     latency = latency_summary(e for n in shown for e in n.exposures.values())
     return Report(dt.datetime.now(dt.UTC), now, config, shown, problems, backlog, hpss,
-                  listings, latency)
+                  listings, latency, lane_activity(state))
 
 
 def write_status(config: dict, now: dt.datetime | None = None, page: bool = True,
