@@ -56,10 +56,16 @@ def pending_exposures(
     return pending
 
 
-def due(night: str, now: dt.datetime, hour: int) -> bool:
-    """True from `hour` UTC of the day after `night` (a night ends in the morning)."""
+def due_time(night: str, hour: int) -> dt.datetime:
+    """When a night-level stage of `night` becomes due: `hour` UTC of the day after
+    (a night ends in the morning)."""
     start = dt.datetime.strptime(night, "%Y%m%d").replace(tzinfo=dt.UTC)
-    return now >= start + dt.timedelta(days=1, hours=hour)
+    return start + dt.timedelta(days=1, hours=hour)
+
+
+def due(night: str, now: dt.datetime, hour: int) -> bool:
+    """Whether a night-level stage of `night` is due at `now` (see `due_time`)."""
+    return now >= due_time(night, hour)
 
 
 def night_exposures(exposures: Iterable[tuple[str, str]], night: str,

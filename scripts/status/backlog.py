@@ -17,13 +17,7 @@ from scripts.status.model import (
     NightStatus,
 )
 from scripts.status.problems import STALE_ACTION, Problem, stale_backup_reason
-from scripts.targets import due
-
-
-def due_time(night: str, hour: int) -> dt.datetime:
-    """When a night-level stage of `night` becomes due: `hour` UTC of the next day."""
-    start = dt.datetime.strptime(night, "%Y%m%d").replace(tzinfo=dt.UTC)
-    return start + dt.timedelta(days=1, hours=hour)
+from scripts.targets import due, due_time
 
 
 def _why(night: NightStatus, stage: str, extra: list[str]) -> str:
