@@ -1,5 +1,8 @@
 """The workflow's configuration: one-line validation errors, streams, the clock.
 
+Every rule job imports this module (for `get_streams`), so YAML and the schema
+validator are imported only by the functions that read YAML: about 10 ms less per job.
+
 The JSON Schema in ``schemas/config.schema.yaml`` is the single description of the
 keys; this module turns a failed validation into one line an operator can act on and
 answers the questions every stage asks of the configuration.
@@ -14,8 +17,6 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 #: remote.host meaning "the SOURCE paths are on this machine" (see scripts.remote).
@@ -55,6 +56,7 @@ def describe_validation_error(
         ``"FILE: KEY: what is wrong (expected ...)"``, or ``None`` when valid.
     """
     import jsonschema
+    import yaml
 
     schema = yaml.safe_load(schema_path.read_text())
     validator = jsonschema.Draft202012Validator(schema)
@@ -82,6 +84,7 @@ def describe_validation_error(
 def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
     """A copy of `config` with the schema's defaults filled in (for the cron entry,
     which reads the configuration before Snakemake does)."""
+    import yaml
 
     def fill(value, schema):
         if not isinstance(value, dict):
@@ -104,6 +107,8 @@ def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
 
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML configuration file, raising `ConfigurationError` on any problem."""
+    import yaml
+
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
