@@ -6,6 +6,7 @@
 import datetime as dt
 import hashlib
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -226,10 +227,13 @@ def get_priority(stage):
     return priority
 
 
-def get_job_config():
-    """The configuration of the jobs, as a JSON file named by its content under
-    STATE/.config: a job process reads it instead of importing Snakemake."""
-    text = json.dumps(config, sort_keys=True, default=str)
+def get_job_config(needs):
+    """The configuration a job reads, as a JSON file named by its content under
+    STATE/.config: ``state``, ``debug`` and the sections in `needs`, nothing else. A job
+    process reads it instead of importing Snakemake, and a script that reads a section
+    its rule does not name fails, so a rule's `needs` is all its job depends on."""
+    sections = {key: config[key] for key in ("state", "debug", *needs)}
+    text = json.dumps(sections, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(STATE, ".config", f"config-{digest}.json")
     if not LINTING and not path.exists():
@@ -245,21 +249,22 @@ def get_job_python():
     return "python" if DeploymentMethod.CONDA in methods else sys.executable
 
 
-JOB_CONFIG = get_job_config()
 JOB_PREFIX = (
     f"PYTHONPATH={shlex.quote(workflow.basedir)} "
     f"{shlex.quote(get_job_python())} -m scripts."
 )
 
 
-def get_job(module, rule, extra=None):
+def get_job(module, rule, needs, extra=None):
     """Params function: the command line of a job, ``python -m scripts.MODULE`` with
-    its arguments (scripts/job.py reads them). A `shell:` job never imports Snakemake:
-    about half the cost of a `script:` job. The rule adds ``--output``, ``--log`` and
-    ``--threads``."""
+    its arguments (scripts/job.py reads them). `needs` names the configuration
+    sections the script reads (see get_job_config); `extra(wildcards)` gives more
+    arguments. A `shell:` job never imports Snakemake: about half the cost of a
+    `script:` job. The rule adds ``--output``, ``--log`` and ``--threads``."""
+    config_file = get_job_config(needs)
 
     def command(wildcards):
-        args = ["--config", JOB_CONFIG, "--rule", rule]
+        args = ["--config", config_file, "--rule", rule]
         for name in ("stream", "night", "expid", "index"):
             if wildcards.get(name) is not None:
                 args += [f"--{name}", wildcards.get(name)]
@@ -267,6 +272,30 @@ def get_job(module, rule, extra=None):
         return JOB_PREFIX + shlex.join([module, *args])
 
     return command
+
+
+# Slurm time limits (the `runtime` resource, in minutes; no effect on a local run)
+# follow from the workflow's own time limits for what a job does, plus a margin, so a
+# hung step normally ends itself with a failure record ("timed out") and Slurm's limit
+# is only the backstop. Hashing has no limit of its own: HASHING_SECONDS allows some
+# GB at a slow shared file system's pace.
+HASHING_SECONDS = 1800
+MARGIN_SECONDS = 1800
+
+
+def get_runtime(step):
+    """Slurm time limit (minutes) of a job of `step` (stage, verify, catch_up, backup)."""
+    remote, attempts = config["remote"], config["verify"]["max_attempts"]
+    fetch = remote["timeout"] + remote["transfer_timeout"]  # link check, then rsync
+    seconds = {
+        "stage": fetch,
+        # every attempt hashes; each failed one fetches the wrong files again
+        "verify": attempts * HASHING_SECONDS + (attempts - 1) * fetch,
+        # the night's dry run, then (for one changed exposure) a copy and its checks
+        "catch_up": remote["transfer_timeout"] + attempts * (fetch + HASHING_SECONDS),
+        "backup": config["backup"]["timeout"],
+    }[step]
+    return math.ceil((seconds + MARGIN_SECONDS) / 60)
 
 
 def get_backup_history(stream, night):

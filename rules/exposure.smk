@@ -30,11 +30,13 @@ rule stage_exposure:
         "../envs/desitransfer.yaml"
     resources:
         transfers=1,
+        runtime=get_runtime("stage"),
     params:
         job=get_job(
             "stage",
             "stage_exposure",
-            lambda wc: ["--published", get_published(wc) or ""],
+            needs=["streams", "remote", "verify"],
+            extra=lambda wc: ["--published", get_published(wc) or ""],
         ),
     shell:
         "{params.job} --output {output:q} --log {log:q} --threads {threads}"
@@ -53,8 +55,9 @@ rule verify_exposure:
     threads: config["verify"]["threads"]
     resources:
         transfers=1,
+        runtime=get_runtime("verify"),
     params:
-        job=get_job("verify", "verify_exposure"),
+        job=get_job("verify", "verify_exposure", needs=["streams", "remote", "verify"]),
     shell:
         "{params.job} --output {output:q} --log {log:q} --threads {threads}"
 
@@ -70,6 +73,6 @@ rule install_exposure:
     conda:
         "../envs/desitransfer.yaml"
     params:
-        job=get_job("install", "install_exposure"),
+        job=get_job("install", "install_exposure", needs=["streams"]),
     shell:
         "{params.job} --output {output:q} --log {log:q} --threads {threads}"

@@ -15,8 +15,9 @@ rule catch_up_night:
     threads: config["verify"]["threads"]
     resources:
         transfers=1,
+        runtime=get_runtime("catch_up"),
     params:
-        job=get_job("catch_up", "catch_up_night"),
+        job=get_job("catch_up", "catch_up_night", needs=["streams", "remote", "verify"]),
     shell:
         "{params.job} --output {output:q} --log {log:q} --threads {threads}"
 
@@ -34,8 +35,15 @@ rule back_up_night:
     threads: config["verify"]["threads"]
     resources:
         tape=1,
+        runtime=get_runtime("backup"),
     params:
-        job=get_job("backup", "back_up_night", get_backup_arguments),
+        job=get_job(
+            "backup",
+            "back_up_night",
+            # remote and verify: the last catch-up, right before the archive is made
+            needs=["streams", "backup", "remote", "verify"],
+            extra=get_backup_arguments,
+        ),
     shell:
         "{params.job} --output {output:q} --log {log:q} --threads {threads}"
 
@@ -52,7 +60,13 @@ rule back_up_late_exposures:
     threads: 1
     resources:
         tape=1,
+        runtime=get_runtime("backup"),
     params:
-        job=get_job("backup", "back_up_late_exposures", get_backup_arguments),
+        job=get_job(
+            "backup",
+            "back_up_late_exposures",
+            needs=["streams", "backup"],
+            extra=get_backup_arguments,
+        ),
     shell:
         "{params.job} --output {output:q} --log {log:q} --threads {threads}"
