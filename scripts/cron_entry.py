@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -143,8 +144,10 @@ def split_arguments(argv: list[str]) -> tuple[Path, str | None, list[str]]:
     return config_file, lane, extra
 
 
-def run_lane(lane: str, lock, run_id: str, command: list[str]) -> subprocess.CompletedProcess:
-    """One Snakemake run (`command`) of `lane`, holding its lock (handed down as `lock`)."""
+def run_lane(state: Path, lane: str, lock, run_id: str,
+             command: list[str]) -> subprocess.CompletedProcess:
+    """One Snakemake run (`command`) of `lane`, holding its lock (handed down as `lock`),
+    its end recorded in the lane's activity record."""
     log.info("starting (desitransfer-workflow %s) the %s lane, run %s: %s", __version__, lane,
              run_id, " ".join(command))
     start = time.monotonic()
@@ -157,6 +160,7 @@ def run_lane(lane: str, lock, run_id: str, command: list[str]) -> subprocess.Com
             log.info("| %s", line)
     log.info("the %s lane's run %s ended with status %d after %.1f s", lane, run_id,
              result.returncode, time.monotonic() - start)
+    finish_activity(state, [lane], run_id, result.returncode)
     return result
 
 
@@ -170,7 +174,94 @@ def more_pending(state: Path, run_id: str, result: subprocess.CompletedProcess) 
     return isinstance(planned, int) and isinstance(pending, int) and 0 < planned < pending
 
 
+def snakemake_command(config_file: Path, extra: list[str], debug: bool) -> list[str]:
+    """The Snakemake command line every lane runs (the lane comes from the environment)."""
+    # --nolock: the lane locks held here (and handed down) are the ones that count.
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--nolock",
+            *extra, *(["--config", "debug=True"] if debug else []),
+            "--configfile", str(config_file)]
+
+
+def drain_exposures(state: Path, lock, command: list[str], kill_file: Path, given: str | None,
+                    invocation: str) -> tuple[list[subprocess.CompletedProcess], str, float]:
+    """Run the exposure lane until no listed exposure is left unplanned (at most
+    `MAX_ROUNDS` runs), each run with its own run id, and so its own listing, unless
+    the caller handed one id down (`given`).
+
+    Returns the runs' results, the last run's id and when the last run started.
+    """
+    results = []
+    for round_ in range(1, MAX_ROUNDS + 1):
+        run_id = given or f"{invocation}.{round_}"
+        started = time.time()
+        result = run_lane(state, "exposures", lock, run_id, command)
+        results.append(result)
+        if not more_pending(state, run_id, result):
+            break
+        if kill_file.exists():
+            log.info("%s detected, no further run.", kill_file)
+            break
+        log.info("more exposures are pending: the exposures lane runs again.")
+    return results, run_id, started
+
+
+def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: list[str],
+              kill_file: Path, invocation: str) -> list[subprocess.CompletedProcess]:
+    """Run each of `lanes` whose lock is free, in order; the results of its Snakemake runs.
+
+    A run id per Snakemake run: a run plans from a listing made after it started. The
+    night lane shares the last exposure run's id (and so its listing, if recent). A
+    caller may hand one id down for all (a wrapper, a test): then they share it.
+    """
+    given = os.environ.get(ENV_RUN)
+    run_id = given or f"{invocation}.0"
+    results: list[subprocess.CompletedProcess] = []
+    exposures_started = None  # when this invocation's last exposure-lane run started
+    for lane in lanes:
+        lock = try_lock(state, lane)
+        if lock is None:
+            log.info("another run holds %s; the %s lane is busy, skipping it.",
+                     lock_path(state, lane), lane)
+            continue
+        with lock:
+            if lane == "exposures":
+                runs, run_id, exposures_started = drain_exposures(
+                    state, lock, command, kill_file, given, invocation)
+                results += runs
+            elif exposures_started is not None and len(listing_failures(
+                    state, streams, since=exposures_started)) == len(streams):
+                log.info("no stream could be listed: the nights lane waits for the next run.")
+            else:
+                results.append(run_lane(state, lane, lock, run_id, command))
+    return results
+
+
+def failure_summary(failed: list[subprocess.CompletedProcess]) -> str:
+    """What cron mails for failed runs: their error lines, or the end of the first
+    one's stderr when none is recognisable."""
+    errors = list(dict.fromkeys(
+        line for result in failed for line in result.stderr.splitlines()
+        if line.startswith(("desitransfer:", "Error in rule")) or " ERROR " in line))
+    return "\n".join(errors[:20]) or "\n".join(failed[0].stderr.splitlines()[-20:])
+
+
+def report_outcome(results: list[subprocess.CompletedProcess], seconds: float) -> int:
+    """Log how the invocation ended; on a failure also tell cron (stderr). The exit status."""
+    failed = [result for result in results if result.returncode != 0]
+    if failed:
+        summary = failure_summary(failed)
+        status = failed[0].returncode
+        log.error("run failed (status %d) after %.0f s", status, seconds)
+        log_file = logging.getLogger("desitransfer").handlers[0].baseFilename
+        print(f"desitransfer run failed (status {status}); see {log_file}\n{summary}",
+              file=sys.stderr)
+        return 1
+    log.info("run finished in %.1f s", seconds)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    """Run the lanes once, as cron does; the exit status (see the module's docstring)."""
     argv, version, debug = own_options(argv)
     if version:
         print(f"desitransfer-workflow {__version__}")
@@ -193,64 +284,17 @@ def main(argv: list[str]) -> int:
     if kill_file.exists():
         log.info("%s detected, not running (remove it to resume transfers).", kill_file)
         return 0
-    # --nolock: the lane locks held here (and handed down) are the ones that count.
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--nolock",
-               *extra, *(["--config", "debug=True"] if debug else []),
-               "--configfile", str(config_file)]
-    streams = list(config.get("streams") or {})
-    # A run id per Snakemake run: a run plans from a listing made after it started. The
-    # night lane shares the last exposure run's id (and so its listing, if recent). A
-    # caller may hand one id down for all (a wrapper, a test): then they share it.
-    given = os.environ.get(ENV_RUN)
+    command = snakemake_command(config_file, extra, debug)
     invocation = new_run_id()
-    run_id = given or f"{invocation}.0"
     run_start = time.time()
     start = time.monotonic()
-    results: list[subprocess.CompletedProcess] = []
-    exposures_started = None  # when this invocation's last exposure-lane run started
-    for lane in [only_lane] if only_lane else LANES:
-        lock = try_lock(state, lane)
-        if lock is None:
-            log.info("another run holds %s; the %s lane is busy, skipping it.",
-                     lock_path(state, lane), lane)
-            continue
-        with lock:
-            if exposures_started is not None and len(listing_failures(
-                    state, streams, since=exposures_started)) == len(streams):
-                log.info("no stream could be listed: the nights lane waits for the next run.")
-                continue
-            for round_ in range(1, MAX_ROUNDS + 1):
-                if lane == "exposures":
-                    run_id = given or f"{invocation}.{round_}"
-                    exposures_started = time.time()
-                result = run_lane(lane, lock, run_id, command)
-                finish_activity(state, [lane], run_id, result.returncode)
-                results.append(result)
-                if lane != "exposures" or not more_pending(state, run_id, result):
-                    break
-                if kill_file.exists():
-                    log.info("%s detected, no further run.", kill_file)
-                    break
-                log.info("more exposures are pending: the exposures lane runs again.")
+    results = run_lanes(state, list(config.get("streams") or {}),
+                        [only_lane] if only_lane else LANES, command, kill_file, invocation)
     if not results:
         return 0
     prune_snakemake_logs(Path.cwd())
     alert(config, config_file, state, run_start, "\n".join(r.stderr for r in results))
-    seconds = time.monotonic() - start
-    failed = [result for result in results if result.returncode != 0]
-    if failed:
-        errors = list(dict.fromkeys(
-            line for result in failed for line in result.stderr.splitlines()
-            if line.startswith(("desitransfer:", "Error in rule")) or " ERROR " in line))
-        summary = "\n".join(errors[:20]) or "\n".join(failed[0].stderr.splitlines()[-20:])
-        status = failed[0].returncode
-        log.error("run failed (status %d) after %.0f s", status, seconds)
-        log_file = logging.getLogger("desitransfer").handlers[0].baseFilename
-        print(f"desitransfer run failed (status {status}); see {log_file}\n{summary}",
-              file=sys.stderr)
-        return 1
-    log.info("run finished in %.1f s", seconds)
-    return 0
+    return report_outcome(results, time.monotonic() - start)
 
 
 if __name__ == "__main__":
