@@ -2,9 +2,9 @@
 
 Discovery lists the symlinks ``SOURCE/NIGHT/EXPID`` that the mountain publishes when
 an exposure is complete, together with the checksum lock, in one remote command. The
-parsing is pure (`parse_listing`); `list_exposures` runs the command, with a timeout
-and a short-lived cache so that the re-parses of one run (its Slurm jobs, its second
-lane) do not list the host again.
+parsing (`parse_listing`) and the reading of a failure (`listing_failure`) are pure;
+`list_exposures` runs the command, with a timeout and a short-lived cache so that the
+re-parses of one run (its Slurm jobs, its second lane) do not list the host again.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from scripts.commands import run
+from scripts.commands import CommandResult, run
 from scripts.markers import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,30 @@ def printable_path(name: str) -> str:
     return "".join(out)
 
 
+def parse_record(record: str, prefix: str) -> tuple[str, str, float] | str:
+    """One record of the listing (not the lock record): the exposure it publishes, or
+    the path to report as malformed.
+
+    Only ``EPOCH PREFIX/NIGHT/EXPID`` with NIGHT and EXPID in ASCII digits is an
+    exposure: a name with a newline, a carriage return, any other control character or
+    a byte that is not UTF-8 is malformed, whatever it ends with.
+
+    Returns
+    -------
+    (str, str, float) or str
+        ``(night, expid, published)``, `published` being the link's mtime (epoch
+        seconds); else the record's path (the whole record without a valid stamp),
+        unescaped.
+    """
+    stamped = RECORD_RE.fullmatch(record)
+    path = stamped.group(2) if stamped else record
+    match = LINK_RE.fullmatch(path[len(prefix):]) if path.startswith(prefix) else None
+    if stamped is None or match is None:
+        return path
+    night, expid = match.groups()
+    return night, expid, float(stamped.group(1))
+
+
 def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
     """Parse the output of `listing_script`.
 
@@ -126,11 +150,8 @@ def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
     Returns
     -------
     Listing
-        Exposures within the window, the malformed link paths (escaped with
-        `printable_path`: they are for people to read), and the lock state. Only a
-        path exactly ``SOURCE/NIGHT/EXPID`` in ASCII digits is an exposure: a name
-        with a newline, a carriage return, any other control character or a byte
-        that is not UTF-8 is malformed, whatever it ends with.
+        Exposures within the window, the malformed paths (escaped with `printable_path`
+        for people to read; `parse_record` says what is malformed), and the lock state.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="surrogateescape")
@@ -144,16 +165,13 @@ def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
         if record == LOCK_LINE:
             listing.locked = True
             continue
-        stamped = RECORD_RE.fullmatch(record)
-        path = stamped.group(2) if stamped else record
-        match = LINK_RE.fullmatch(path[len(prefix):]) if path.startswith(prefix) else None
-        if stamped is None or match is None:
-            listing.malformed.append(printable_path(path))
-            continue
-        night, expid = match.groups()
-        if night >= first_night:
+        link = parse_record(record, prefix)
+        if isinstance(link, str):
+            listing.malformed.append(printable_path(link))
+        elif link[0] >= first_night:
+            night, expid, published = link
             exposures.add((night, expid))
-            listing.published[f"{night}/{expid}"] = float(stamped.group(1))
+            listing.published[f"{night}/{expid}"] = published
     if tail:
         # find ends every record with NUL: an unterminated tail is a truncated record
         # or output of the older newline format, and nothing in it is trusted.
@@ -200,29 +218,32 @@ def list_exposures(
             return cached
     command = remote_command(remote, listing_script(source, remote["checksum_lock"]))
     result = run(command, timeout=remote["timeout"])
-    where = "this machine" if remote["host"] == LOCAL else remote["host"]
-    if result.missing:
-        raise RemoteError(result.describe())
-    if result.timed_out:
-        raise RemoteError(
-            f"listing {source} on {where} timed out after {remote['timeout']} s;"
-            " check the mountain host and the network"
-        )
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        if remote["host"] != LOCAL and result.returncode == 255:
-            raise RemoteError(
-                f"cannot reach {where} with {' '.join(remote['ssh'])} (ssh status 255: "
-                f"{detail}); check the host, the keys and remote.ssh in the configuration"
-            )
-        raise RemoteError(
-            f"listing {source} on {where} failed (status {result.returncode}: {detail});"
-            " check streams.*.source in the configuration"
-        )
+    failure = listing_failure(remote, source, result)
+    if failure is not None:
+        raise RemoteError(failure)
     listing = parse_listing(result.stdout, source, window_start)
     if cache_file is not None:
         _write_cache(cache_file, key, listing)
     return listing
+
+
+def listing_failure(remote: dict, source: str, result: CommandResult) -> str | None:
+    """Why the listing command (`result`) gave no listing, in one line that says what to
+    check; None when it succeeded."""
+    where = "this machine" if remote["host"] == LOCAL else remote["host"]
+    if result.missing:
+        return result.describe()
+    if result.timed_out:
+        return (f"listing {source} on {where} timed out after {remote['timeout']} s;"
+                " check the mountain host and the network")
+    if result.returncode == 0:
+        return None
+    detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
+    if remote["host"] != LOCAL and result.returncode == 255:
+        return (f"cannot reach {where} with {' '.join(remote['ssh'])} (ssh status 255: "
+                f"{detail}); check the host, the keys and remote.ssh in the configuration")
+    return (f"listing {source} on {where} failed (status {result.returncode}: {detail});"
+            " check streams.*.source in the configuration")
 
 
 def _write_cache(path: Path, key: dict, listing: Listing) -> None:
