@@ -415,17 +415,7 @@ def verify_exposure(
     Listed names are resolved; one that resolves outside `directory` (through a
     link) is reported as mismatched without being opened.
     """
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
-    checksum_relative = _normalise(checksum_name)
-    if checksum_relative is None:
-        raise ValueError(f"unsafe checksum file name {checksum_name!r}")
-    root = os.path.realpath(directory)
-    if not os.path.isdir(root):
-        if os.path.lexists(root):
-            raise NotADirectoryError(f"{directory} is not a directory")
-        raise FileNotFoundError(f"{directory} does not exist")
-
+    root, checksum_relative = _checked_arguments(directory, checksum_name, threads)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         present = set(_walk(root))
@@ -443,6 +433,24 @@ def verify_exposure(
         return _verify_listing(root, root_fd, listing, present, checksum_name, threads)
     finally:
         os.close(root_fd)
+
+
+def _checked_arguments(
+    directory: str | os.PathLike[str], checksum_name: str, threads: int
+) -> tuple[str, str]:
+    """The resolved exposure directory and the checksum file's normalised name;
+    raises as `verify_exposure` documents when the arguments cannot be used."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    checksum_relative = _normalise(checksum_name)
+    if checksum_relative is None:
+        raise ValueError(f"unsafe checksum file name {checksum_name!r}")
+    root = os.path.realpath(directory)
+    if not os.path.isdir(root):
+        if os.path.lexists(root):
+            raise NotADirectoryError(f"{directory} is not a directory")
+        raise FileNotFoundError(f"{directory} does not exist")
+    return root, checksum_relative
 
 
 def _read_checksum(
