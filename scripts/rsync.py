@@ -46,6 +46,10 @@ def rsync_command(
 ) -> list[str]:
     """The rsync command copying the contents of `source` into `destination`.
 
+    Longer than 50 lines on purpose: this is the one place the rsync command line is
+    built (staging and the catch-up both call it), the code is one short line per
+    option, and the length is the documentation of each option below.
+
     Parameters
     ----------
     remote : dict
