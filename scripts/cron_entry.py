@@ -21,12 +21,14 @@ carries real problems.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -112,36 +114,42 @@ def current_problems(config: dict, refused: str | None) -> list:
         return run_problems(config)
 
 
-def own_options(argv: list[str]) -> tuple[list[str], bool, bool]:
-    """The cron entry's own switches, taken out of `argv`: (rest, --version, --debug).
-
-    ``--debug`` logs every command line and its outcome, in the cron log and in every
-    rule log (it sets the ``debug`` key); ``-d`` stays Snakemake's ``--directory``.
-    """
-    rest = [a for a in argv if a not in ("-V", "--version", "--debug")]
-    return rest, any(a in ("-V", "--version") for a in argv), "--debug" in argv
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)  # main() says it in one line
 
 
-def split_arguments(argv: list[str]) -> tuple[Path, str | None, list[str]]:
-    """CONFIG (first, optional), ``--lane LANE``, and the arguments for Snakemake.
+def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The cron entry's own options, and the arguments for Snakemake.
+
+    Returns the options (``config``: CONFIG, the first argument that is not an option,
+    else the ``config.yaml`` beside the Snakefile; ``lane``; ``debug``) and, in their
+    order, the arguments that are not the entry's own: they go to Snakemake.
+    ``--version`` prints the version and exits.
 
     Raises
     ------
     ValueError
-        ``--lane`` without a known lane; the message is one line.
+        An option of the entry's with a wrong value (``--lane x``); the message is
+        one line.
     """
-    config_file = Path(argv[0]) if argv and not argv[0].startswith("-") else REPO / "config.yaml"
-    rest = argv[1:] if argv and not argv[0].startswith("-") else list(argv)
-    lane, extra = None, []
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--lane" or arg.startswith("--lane="):
-            lane = arg.partition("=")[2] if "=" in arg else (rest.pop(0) if rest else "")
-            if lane not in LANES:
-                raise ValueError(f"--lane {lane!r}: use one of {', '.join(LANES)}")
-        else:
-            extra.append(arg)
-    return config_file, lane, extra
+    parser = _Parser(prog="scripts/cron_entry.py", allow_abbrev=False,
+                     description="Run the workflow's lanes once, as cron does; further "
+                                 "arguments go to Snakemake.")
+    parser.add_argument("-V", "--version", action="version",
+                        version=f"desitransfer-workflow {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="log every command line and its outcome, in the cron log and"
+                             " in every rule log (sets the configuration's debug key)")
+    parser.add_argument("--lane", choices=LANES,
+                        help="run this lane only (scrontab: one entry per lane)")
+    options, rest = parser.parse_known_args(argv)
+    # -d stays Snakemake's --directory; CONFIG is the first argument, if not an option.
+    if rest and not rest[0].startswith("-"):
+        options.config = Path(rest.pop(0))
+    else:
+        options.config = REPO / "config.yaml"
+    return options, rest
 
 
 def run_lane(state: Path, lane: str, lock, run_id: str,
@@ -262,16 +270,13 @@ def report_outcome(results: list[subprocess.CompletedProcess], seconds: float) -
 
 def main(argv: list[str]) -> int:
     """Run the lanes once, as cron does; the exit status (see the module's docstring)."""
-    argv, version, debug = own_options(argv)
-    if version:
-        print(f"desitransfer-workflow {__version__}")
-        return 0
-    os.umask(0o027)  # lock, log and state files: never writable by other users
     try:
-        config_file, only_lane, extra = split_arguments(argv)
+        options, extra = parse_arguments(argv)
     except ValueError as err:
         print(f"desitransfer: {err}", file=sys.stderr)
         return 2
+    config_file, only_lane, debug = options.config, options.lane, options.debug
+    os.umask(0o027)  # lock, log and state files: never writable by other users
     try:
         config = with_defaults(load_yaml(config_file))
     except ConfigurationError as err:

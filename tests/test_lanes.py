@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import NIGHT, REPO, STREAM, planned_jobs
 from test_cron_entry import CRON, cron, cron_log
 from test_exposure_workflow import wait_for_exit
@@ -251,12 +252,20 @@ def test_a_bounded_run_takes_the_newest_night_first():
     assert len(newest_first(pending)) == 5
 
 
-def test_the_cron_entry_takes_its_lane_out_of_the_snakemake_arguments():
-    from scripts.cron_entry import split_arguments
+def test_the_cron_entry_takes_its_own_options_out_of_the_snakemake_arguments():
+    from scripts.cron_entry import REPO, parse_arguments
 
-    config, lane, extra = split_arguments(["c.yaml", "--lane", "nights", "-n", "--lane=exposures"])
-    assert (str(config), lane, extra) == ("c.yaml", "exposures", ["-n"])
-    assert split_arguments(["--workflow-profile", "p"])[1:] == (None, ["--workflow-profile", "p"])
+    options, extra = parse_arguments(["c.yaml", "--lane", "nights", "-n", "--lane=exposures"])
+    assert (str(options.config), options.lane, options.debug, extra) == \
+        ("c.yaml", "exposures", False, ["-n"])
+    options, extra = parse_arguments(["--debug", "c.yaml", "--workflow-profile", "p", "-d", "w"])
+    assert (str(options.config), options.lane, options.debug, extra) == \
+        ("c.yaml", None, True, ["--workflow-profile", "p", "-d", "w"])
+    options, extra = parse_arguments(["--workflow-profile", "p"])
+    assert (options.config, options.lane, extra) == \
+        (REPO / "config.yaml", None, ["--workflow-profile", "p"])
+    with pytest.raises(ValueError, match="invalid choice: 'x'"):
+        parse_arguments(["c.yaml", "--lane", "x"])
 
 
 def test_the_night_lane_never_reruns_an_exposure_job_marked_incomplete(site):
