@@ -82,27 +82,33 @@ def describe_validation_error(
 
 
 def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
-    """A copy of `config` with the schema's defaults filled in (for the cron entry,
-    which reads the configuration before Snakemake does)."""
+    """A copy of `config` with the schema's defaults filled in, valid or not.
+
+    The cron entry, the status command and the audit read the configuration without
+    Snakemake's validation, and must still run to report an invalid one, so
+    ``snakemake.utils.validate(set_default=True)``, which raises, does not do here.
+    Defaults are set by jsonschema's own validator as it walks the schema (its
+    documented ``extend`` recipe, the one Snakemake's validate uses); errors are left
+    to the validation.
+    """
+    import jsonschema
     import yaml
 
-    def fill(value, schema):
-        if not isinstance(value, dict):
-            return value
-        properties = schema.get("properties", {})
-        for key, sub in properties.items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                value[key] = fill(value[key], sub)
-        others = schema.get("additionalProperties")
-        if isinstance(others, dict):  # e.g. each stream of `streams`
-            for key in value:
-                if key not in properties:
-                    value[key] = fill(value[key], others)
-        return value
+    base = jsonschema.Draft202012Validator
+    properties = base.VALIDATORS["properties"]
 
-    return fill(copy.deepcopy(config), yaml.safe_load(schema_path.read_text()))
+    def set_defaults(validator, subschemas, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, subschema in subschemas.items():
+                if "default" in subschema:
+                    instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from properties(validator, subschemas, instance, schema)
+
+    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
+    config = copy.deepcopy(config)
+    for _ in filling(yaml.safe_load(schema_path.read_text())).iter_errors(config):
+        pass  # only the defaults are wanted here
+    return config
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
