@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 
 from conftest import NIGHT, REPO, STREAM, planned_jobs
-from test_exposure_workflow import started_commands, tree, wait_for_exit
+from processes import started_commands, wait_for_exit
+from test_exposure_workflow import tree
 
 from scripts.mountain import checksum_line
 

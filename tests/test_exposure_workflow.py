@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import re
-import select
 import shutil
 import signal
 import stat
@@ -16,6 +14,7 @@ import time
 from pathlib import Path
 
 from conftest import NIGHT, REPO, STREAM, planned_jobs
+from processes import started_commands, wait_for_exit
 
 from scripts.markers import utc_timestamp
 from scripts.mountain import checksum_line
@@ -29,31 +28,6 @@ def tree(path: Path) -> dict[str, tuple[int, str]]:
             out[str(p.relative_to(path))] = (stat.S_IMODE(p.stat().st_mode),
                                              hashlib.sha256(p.read_bytes()).hexdigest())
     return out
-
-
-def started_commands(log: Path, name: str) -> list[int]:
-    """The pids of the `name` commands a job started, from its rule log (with
-    ``debug: true`` every command logs its pid): never from other processes."""
-    return [int(m.group(1)) for m in
-            re.finditer(rf"started as pid (\d+): {re.escape(name)}\b", log.read_text())]
-
-
-def wait_for_exit(pids: list[int], timeout: float) -> None:
-    """Block until every process in `pids` has ended (pidfd + poll: no sleeping);
-    fail the test if one is still alive after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            left = max(0.0, deadline - time.monotonic())
-            assert poller.poll(left * 1000), f"process {pid} outlived its run"
-        finally:
-            os.close(fd)
 
 
 def test_normal_night_is_installed_read_only_then_nothing_to_do(site):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import NIGHT, REPO, STREAM, planned_jobs
+from processes import wait_for_exit
 from test_cron_entry import CRON, cron, cron_log
-from test_exposure_workflow import wait_for_exit
 
 from scripts.lanes import lane_activity
 from scripts.markers import read_record

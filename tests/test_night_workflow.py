@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 from conftest import NIGHT, planned_jobs
-from test_exposure_workflow import wait_for_exit
+from processes import wait_for_exit
 
 from scripts.mountain import checksum_line
 from scripts.tar_archive import read_index, verify_archive
