@@ -38,3 +38,37 @@ def wait_for_exit(pids: list[int], timeout: float) -> None:
         finally:
             os.close(fd)
 
+
+def children(pid: int) -> list[int]:
+    """The children of process `pid`, those of every one of its threads (a process
+    forks from any thread); [] once it has ended.
+
+    Read from ``/proc/PID/task/TID/children``: the process's own entry only.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # ended (or not ours to read)
+    found = []
+    for tid in tasks:
+        try:
+            found += [int(child) for child in
+                      Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except FileNotFoundError:
+            if Path(f"/proc/{pid}/task/{tid}").exists():
+                raise RuntimeError("/proc/PID/task/TID/children is missing: the tests"
+                                   " need a kernel built with CONFIG_PROC_CHILDREN") from None
+        except OSError:
+            continue  # the thread ended, or the process is not dumpable
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it, found by walking down from `pid` (so that a
+    test can wait for them all): no other process is looked at."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children(current)
+    return found

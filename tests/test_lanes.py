@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NIGHT, REPO, STREAM, planned_jobs
-from processes import wait_for_exit
+from processes import descendants, started_commands, wait_for_exit
 from test_cron_entry import CRON, cron, cron_log
 
 from scripts.lanes import lane_activity
@@ -41,25 +41,6 @@ def start_cron(site, *args: str, **env: str) -> subprocess.Popen:
 def finish(process: subprocess.Popen) -> tuple[int, str]:
     _, stderr = process.communicate(timeout=RUN_LIMIT)
     return process.returncode, stderr
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (from /proc), to wait for them all."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += children.get(current, [])
-    return found
 
 
 def installed_at(site, night: str, expid: str) -> int:
@@ -120,6 +101,7 @@ def test_exposure_published_during_a_backup_is_installed_before_the_backup_ends(
     site.exposure("00006000")
     assert cron(site, "--lane", "exposures").returncode == 0
     fifo = hanging_htar(site, tape)
+    site.config["debug"] = True  # the backup job logs the pid of every command it starts
     nights = start_cron(site, "--lane", "nights", HTAR_HANG="3600", HPSS_FAIL_ONCE="1")
     try:
         with open(fifo) as started:  # blocks until htar has been called
@@ -139,6 +121,10 @@ def test_exposure_published_during_a_backup_is_installed_before_the_backup_ends(
         os.killpg(nights.pid, signal.SIGKILL)  # the night lane is killed mid-backup
         nights.wait()
         wait_for_exit(tree, timeout=30)  # htar too: it dies with its job
+    # The walk down from the cron entry found the hung htar: it was waited for too.
+    htar = started_commands(site.state / "logs" / STREAM / f"{NIGHT}.backedup.log",
+                            str(site.root / "hpss_bin" / "htar"))
+    assert htar and htar[-1] in tree, (htar, tree)
     killed = {lane["lane"]: lane for lane in lane_activity(site.state)}
     assert killed["nights"]["state"] == "killed"
     assert killed["exposures"]["state"] == "idle"
