@@ -8,7 +8,9 @@ cron starts it: a new process, its own process group, stdin from /dev/null) on a
 temporary mountain + data centre, with faults between and during the runs:
 
 * ``kill``: SIGKILL of the whole run's process group after a seeded random delay;
-  whatever survives is *not* cleaned up: it is looked for, and reported;
+  whatever survives is *not* cleaned up: it is looked for, and reported (the soak is
+  the child subreaper of its runs, so a survivor is re-parented to it, never lost
+  to init: the soak looks only at its own descendants);
 * ``flip``: one byte of an installed exposure's file flipped at the mountain (its
   checksum file unchanged): the archive must keep its verified bytes;
 * ``update``: a legitimate update at the mountain (new bytes and a checksum file
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import dataclasses
 import datetime as dt
 import hashlib
@@ -66,7 +69,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import yaml
@@ -76,6 +78,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from conftest import STREAM, Site, StatusServer  # noqa: E402
+from processes import children  # noqa: E402
 
 #: Every fault kind; the short version (tests/test_fault_soak.py) exercises each.
 FAULTS = ("kill", "flip", "update", "late_file", "late_exposure", "rm_night_markers",
@@ -106,11 +109,12 @@ NIGHT_RE = re.compile(r"[0-9]{8}")
 FILE_MODE = 0o440
 DIR_MODES = (0o2750, 0o2550)
 MARKER_RE = re.compile(r"\.(staged|checksummed|installed|caughtup|backedup(\.[0-9]+)?)$")
-SOAK_ID = "FAULT_SOAK_ID"
 SOAK_RUN = "FAULT_SOAK_RUN"
 INJECTION_VARS = ("HSI_FAIL", "HSI_HANG", "HTAR_HANG", "HTAR_FAIL_EXIT", "HTAR_FAIL_NOIDX",
                   "HTAR_NO_IDX", "HTAR_STDERR", "HTAR_CORRUPT", "HPSS_FAIL_ONCE")
 PF_EXITING = 0x4
+#: prctl option: orphaned descendants are re-parented to this process, not to init.
+PR_SET_CHILD_SUBREAPER = 36
 #: The ways htar fails (the emulator's injection variables for one run).
 HTAR_FAILURES = {
     "exit70": {"HTAR_FAIL_EXIT": "70"},                            # HTAR SUCCESSFUL, then 70
@@ -259,7 +263,7 @@ class Proc:
     pid: int
     start: str        # /proc/PID/stat starttime: with pid, the process's identity
     pgid: int
-    run: int | None   # the soak run whose environment it carries, if any
+    run: int | None   # the soak run whose environment (or parent's) it carries
     dying: bool       # exiting, or SIGKILL pending: it is on its way out
     command: str
 
@@ -279,39 +283,64 @@ def kill_pending(proc: Path) -> bool:
     return any(mask & (1 << (signal.SIGKILL - 1)) for mask in masks)
 
 
-def soak_processes(soak_id: str, root: Path) -> list[Proc]:
-    """Live processes of this soak: those carrying its id in their environment, or
-    mentioning its temporary directory in their command line or working directory."""
+def become_subreaper() -> None:
+    """Make this process the child subreaper of everything it starts: a process whose
+    parent dies (a run killed with SIGKILL) is re-parented to it, so that whatever a
+    run leaves behind stays among this process's descendants. It must then reap
+    them (`reap`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(errno)}")
+
+
+def reap(spare: set[int]) -> None:
+    """Collect this process's children that have ended (re-parented orphans), but for
+    those in `spare`, whose ends are collected by whoever started them."""
+    for pid in children(os.getpid()):
+        if pid not in spare:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+
+
+def soak_processes(spare: set[int]) -> list[Proc]:
+    """Live processes of this soak's runs: its descendants (it is their subreaper,
+    see `become_subreaper`) but for its children in `spare` and what is below them.
+
+    Only their own /proc entries are read. A process belongs to the run whose number
+    its environment carries; without one, to its parent's run.
+    """
     me = os.getpid()
-    tag = f"{SOAK_ID}={soak_id}".encode()
     found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        base = Path("/proc", entry.name)
+    todo: list[tuple[int, int, int | None]] = [
+        (pid, me, None) for pid in children(me) if pid not in spare]
+    while todo:
+        pid, parent, parent_run = todo.pop()
+        base = Path("/proc", str(pid))
         try:
             stat_fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
-            environ = (base / "environ").read_bytes().split(b"\0")
+            if int(stat_fields[1]) not in (parent, me):  # (orphaned meanwhile: me)
+                continue  # ended, and its pid is another process's now
             cmdline = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(
                 errors="replace").strip()
-            try:
-                cwd = os.readlink(base / "cwd")
-            except OSError:
-                cwd = ""
         except OSError:
-            continue
+            continue  # ended and reaped
+        try:
+            environ = (base / "environ").read_bytes().split(b"\0")
+        except OSError:
+            environ = []  # not readable (not dumpable): the parent's run
+        run = parent_run
+        for item in environ:
+            if item.startswith(f"{SOAK_RUN}=".encode()):
+                run = int(item.split(b"=", 1)[1])
+        todo += [(child, pid, run) for child in children(pid)]
         state, pgid, flags, start = stat_fields[0], stat_fields[2], stat_fields[6], \
             stat_fields[19]
         if state in ("Z", "X"):
             continue  # ended, not yet reaped
-        run = None
-        if tag in environ:
-            for item in environ:
-                if item.startswith(f"{SOAK_RUN}=".encode()):
-                    run = int(item.split(b"=", 1)[1])
-        elif str(root) not in cmdline and not cwd.startswith(str(root)):
-            continue
-        found.append(Proc(int(entry.name), start, int(pgid), run,
+        found.append(Proc(pid, start, int(pgid), run,
                           bool(int(flags) & PF_EXITING) or kill_pending(base), cmdline))
     return found
 
@@ -347,7 +376,10 @@ class Soak:
         self.stream_state = self.site.state / STREAM
         self.runs_dir = self.root / "runs"
         self.runs_dir.mkdir()
-        self.soak_id = uuid.uuid4().hex
+        # Whatever a run leaves behind is re-parented to the soak; the soak's own
+        # helpers started so far (none but threads today) are not runs.
+        become_subreaper()
+        self.helpers = set(children(os.getpid()))
         self.now = START
         self.enabled = set(args.faults)
         self.cover = self.coverage_queue()
@@ -404,7 +436,7 @@ class Soak:
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in INJECTION_VARS
-               and k not in (SOAK_ID, SOAK_RUN)}
+               and k != SOAK_RUN}
         env["HPSS_ROOT"] = str(self.tape)
         return env
 
@@ -586,7 +618,7 @@ class Soak:
     def cron(self, run: int, injected: dict[str, str], kill_after: float | None) -> RunResult:
         self.site.config["now"] = iso(self.now)
         config_file = self.site.write_config()
-        env = {**self.base_env(), **injected, SOAK_ID: self.soak_id, SOAK_RUN: str(run)}
+        env = {**self.base_env(), **injected, SOAK_RUN: str(run)}
         out = self.runs_dir / f"{run:03d}.stdout"
         err = self.runs_dir / f"{run:03d}.stderr"
         start = time.monotonic()
@@ -616,7 +648,8 @@ class Soak:
         started, outlived its run: a problem. What is alive of this run is remembered
         and judged when the next run starts (see `check_lingering`); a process outside
         the killed group is already worth a note."""
-        alive = soak_processes(self.soak_id, self.root)
+        reap(self.helpers)  # the cron entry is reaped: every other child is an orphan
+        alive = soak_processes(self.helpers)
         for proc in alive:
             if not proc.dying and (proc.run is not None and proc.run < run
                                    or (proc.pid, proc.start) in self.deferred):
@@ -637,7 +670,7 @@ class Soak:
         exiting nor has SIGKILL pending has outlived its run. While some of the group
         is still on its way out, judgement waits for the end of this run.
         """
-        now = soak_processes(self.soak_id, self.root)
+        now = soak_processes(self.helpers)
         earlier = {(p.pid, p.start) for p in self.lingering}
         settled = not any(p.pgid == self.last_pgid for p in now)
         for proc in now:
