@@ -510,7 +510,7 @@ class Soak:
             kinds.append(kind)
         population = [k for k in WEIGHTS if k in self.enabled and WEIGHTS[k] > 0
                       and not (k in HPSS_FAULTS and set(self.cover) & set(HPSS_FAULTS))]
-        for _ in range(self.rng.choice((0, 1, 1, 2))):
+        for _ in range(self.rng.choice((0, 1, 1, 2)) if population else 0):
             kind = self.rng.choices(population, [WEIGHTS[k] for k in population])[0]
             if kind not in kinds and not (kind in HPSS_FAULTS
                                           and set(kinds) & set(HPSS_FAULTS)):
