@@ -70,8 +70,11 @@ SOAK_SEED ?= 1
 soak: test-venv system-packages
 	$(PY) tests/fault_soak.py --runs $(SOAK_RUNS) --seed $(SOAK_SEED) $(SOAK_ARGS)
 
+# Two test processes (pytest-xdist): most of a workflow test is waiting (rsync, ssh,
+# Slurm's queue, Snakemake's own timers), so two overlap well on a 2-core machine.
+TEST_WORKERS ?= 2
 test: test-venv system-packages test-packages
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 	$(MAKE) --no-print-directory lint
 
 # The unit and small integration tests (no end-to-end workflow, Slurm or browser):
