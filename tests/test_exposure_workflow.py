@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import NIGHT, REPO, STREAM, planned_jobs
 from processes import started_commands, wait_for_exit
 
@@ -211,33 +212,44 @@ def copy_of_the_workflow(into: Path) -> Path:
     return into / "Snakefile"
 
 
-def test_editing_a_rule_or_a_key_reruns_no_done_exposure(site, tmp_path):
-    """The probe for `rerun-triggers: mtime`: with a done exposure as the input of a
-    due catch-up, an edited rule and a changed key must plan no exposure job."""
+GUARDS = ("rerun-triggers: mtime", "drop-metadata: true")
+
+
+@pytest.mark.parametrize("kept, reruns", [
+    (GUARDS, False),  # the profile as shipped
+    (GUARDS[:1], False),  # a state with Snakemake's metadata from before drop-metadata
+    ((), True),  # the probe can fail for its reason: without both, the exposure reruns
+], ids=["shipped", "rerun-triggers-only", "neither"])
+def test_editing_a_rule_or_a_key_reruns_no_done_exposure(site, tmp_path, kept, reruns):
+    """The probe for the profile's `rerun-triggers: mtime` and `drop-metadata: true`:
+    with a done exposure as the input of a due catch-up, an edited rule and a changed
+    key must plan no exposure job."""
+    snakefile = copy_of_the_workflow(tmp_path / "workflow")
+    profile = snakefile.parent / "profiles" / "default" / "config.yaml"
+    text = profile.read_text()
+    assert all(guard in text for guard in GUARDS)
+    profile.write_text("".join(line for line in text.splitlines(keepends=True)
+                               if not line.startswith(GUARDS) or line.startswith(kept)))
     site.config["now"] = "2026-11-28T10:00:00Z"  # before the night's catch-up
     site.exposure("00001120")
-    site.run()
-    snakefile = copy_of_the_workflow(tmp_path / "workflow")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        site.write_config()
+        command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d",
+                   str(site.root), *args, "--configfile", str(site.config_file)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=site.root,
+                              timeout=300, check=True, env=site.env)
+
+    run()
+    assert site.marker(NIGHT, "00001120", "installed").exists()
     rules = snakefile.parent / "rules" / "exposure.smk"
     rules.write_text(rules.read_text().replace("--threads {threads}\"",
                                                "--threads {threads} # edited\""))
     site.config["verify"]["threads"] = 1  # the jobs' params change with the config
     site.config["now"] = "2026-11-28T15:00:00Z"  # the catch-up is due: inputs are checked
-
-    def planned() -> dict[str, int]:
-        site.write_config()
-        command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d",
-                   str(site.root), "-n", "--configfile", str(site.config_file)]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=site.root,
-                                timeout=300, check=True)
-        return planned_jobs(result.stdout)
-
-    assert planned() == {"all": 1, "catch_up_night": 1}
-    # The probe can fail for its reason: without the setting, Snakemake would redo the
-    # exposure because its rule and parameters changed.
-    profile = snakefile.parent / "profiles" / "default" / "config.yaml"
-    profile.write_text(profile.read_text().replace("rerun-triggers: mtime", ""))
-    assert planned().get("install_exposure") == 1
+    planned = planned_jobs(run("-n").stdout)
+    assert planned.get("catch_up_night") == 1
+    assert ("install_exposure" in planned) == reruns, planned
 
 
 def test_sigkill_during_rsync_is_completed_by_the_next_run(site):
