@@ -199,6 +199,12 @@ def get_exposure_targets():
     return [str(marker_path(STATE, s, n, e, "installed")) for s, n, e in planned]
 
 
+def is_draining():
+    """Whether this is an exposure-lane run that left listed exposures unplanned (its
+    bound, exposures_per_run): the cron entry then starts the next run at once."""
+    return LANE == "exposures" and PLAN["pending"] > len(PLAN["exposures"])
+
+
 def get_activity():
     """What this run works on, for its lanes' activity records (scripts/lanes.py)."""
     listed = PLAN["listed"]

@@ -7,13 +7,14 @@
 
 from snakemake.logging import logger
 
-from scripts.status.report import rebuild_after_run
+from scripts.status.report import rebuild_after_run, rebuild_can_wait
 
 
 # The target rule `all` is a job on every run, so onsuccess fires even when nothing
-# was pending: TARGETS (set in the Snakefile) says whether anything could change.
+# was pending: TARGETS (set in the Snakefile) says whether anything could change. A
+# run in the middle of a backlog's drain leaves a recent page to the next run.
 onsuccess:
-    if TARGETS:
+    if TARGETS and not rebuild_can_wait(config, draining=is_draining()):
         logger.info(rebuild_after_run(config))
 
 

@@ -163,6 +163,11 @@ def test_exposure_published_while_a_backlog_drains_is_installed_before_its_last_
     assert installed_at(site, TONIGHT, "00009999") < last_night
     runs = cron_log(site).count("the exposures lane, run ")
     assert runs >= 6  # many short runs, each with its own listing
+    # Runs of the drain leave a recent page to the next; the last one rebuilds it.
+    rebuilds = (site.state / "logs" / "status.log").read_text().count("Status files rebuilt")
+    assert 1 <= rebuilds < runs
+    newest = max(p.stat().st_mtime for p in (site.state / STREAM).rglob("*.installed"))
+    assert (site.state / "status" / "index.html").stat().st_mtime >= newest
 
 
 def test_two_lanes_started_at_the_same_moment_both_run(site):

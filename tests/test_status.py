@@ -425,3 +425,17 @@ def test_rebuild_after_run_never_fails_the_run(known, tmp_path):
     assert line.startswith("Status files NOT rebuilt") and "--write" in line
     log = Path(known["state"], "logs", "status.log").read_text()
     assert "INFO Status files rebuilt" in log and "ERROR Status files NOT rebuilt" in log
+
+
+def test_only_a_drain_run_with_a_recent_page_leaves_the_rebuild_to_the_next_run(tmp_path):
+    from scripts.status.report import DRAIN_REBUILD_SECONDS, PAGE, rebuild_can_wait
+
+    config = {"state": str(tmp_path / "state"), "streams": {}}
+    page = tmp_path / "state" / "status" / PAGE
+    assert not rebuild_can_wait(config, draining=True)  # no page yet: build it
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    written = page.stat().st_mtime
+    assert rebuild_can_wait(config, draining=True, now=written + 1)
+    assert not rebuild_can_wait(config, draining=False, now=written + 1)
+    assert not rebuild_can_wait(config, draining=True, now=written + DRAIN_REBUILD_SECONDS)

@@ -131,6 +131,28 @@ def _status_log(config: dict) -> logging.Handler:
     return file_handler(logs / "status.log")
 
 
+#: In a drain, the longest the status files may wait for a later run to rebuild them.
+DRAIN_REBUILD_SECONDS = 60
+
+
+def rebuild_can_wait(config: dict, draining: bool, now: float | None = None) -> bool:
+    """Whether a successful run may leave the status rebuild to the next run.
+
+    Only a run of a drain (`draining`: an exposure-lane run that left listed exposures
+    unplanned, so the cron entry starts the next run at once) whose page is younger
+    than `DRAIN_REBUILD_SECONDS`. At archive scale a rebuild takes seconds (2 s at
+    2,000 nights), as long as a 20-exposure run, and the next run overwrites it. The
+    drain's last run, a failed run and every night-lane run rebuild.
+    """
+    if not draining:
+        return False
+    try:
+        written = (status_directory(config) / PAGE).stat().st_mtime
+    except OSError:
+        return False
+    return (time.time() if now is None else now) - written < DRAIN_REBUILD_SECONDS
+
+
 def rebuild_after_run(config: dict) -> str:
     """Snakemake's onsuccess/onerror (and the cron entry after a refused configuration):
     rebuild the status files; one line for the log.
