@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import math
 import os
 from collections.abc import Iterable
@@ -56,10 +57,8 @@ def describe_validation_error(
         ``"FILE: KEY: what is wrong (expected ...)"``, or ``None`` when valid.
     """
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(schema_path.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(load_schema(schema_path))
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
         return None
@@ -81,18 +80,20 @@ def describe_validation_error(
     return f"{where}: {key}: {message}; see README.md, section Configuration"
 
 
-def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
-    """A copy of `config` with the schema's defaults filled in, valid or not.
-
-    The cron entry, the status command and the audit read the configuration without
-    Snakemake's validation, and must still run to report an invalid one, so
-    ``snakemake.utils.validate(set_default=True)``, which raises, does not do here.
-    Defaults are set by jsonschema's own validator as it walks the schema (its
-    documented ``extend`` recipe, the one Snakemake's validate uses); errors are left
-    to the validation.
-    """
-    import jsonschema
+@functools.cache
+def load_schema(schema_path: Path = SCHEMA) -> dict:
+    """The JSON Schema, parsed once per process (a status rebuild asks for the
+    defaults several times); callers must not change it."""
     import yaml
+
+    return yaml.safe_load(schema_path.read_text())
+
+
+@functools.cache
+def _default_filler(schema_path: Path):
+    """A jsonschema validator class that sets each missing key's default as it walks
+    `schema_path`'s schema (jsonschema's documented ``extend`` recipe)."""
+    import jsonschema
 
     base = jsonschema.Draft202012Validator
     properties = base.VALIDATORS["properties"]
@@ -104,9 +105,21 @@ def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
                     instance.setdefault(key, copy.deepcopy(subschema["default"]))
         yield from properties(validator, subschemas, instance, schema)
 
-    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(
+        load_schema(schema_path))
+
+
+def with_defaults(config: dict, schema_path: Path = SCHEMA) -> dict:
+    """A copy of `config` with the schema's defaults filled in, valid or not.
+
+    The cron entry, the status command and the audit read the configuration without
+    Snakemake's validation, and must still run to report an invalid one, so
+    ``snakemake.utils.validate(set_default=True)``, which raises, does not do here.
+    Defaults are set by jsonschema's own validator as it walks the schema (the recipe
+    Snakemake's validate uses); errors are left to the validation.
+    """
     config = copy.deepcopy(config)
-    for _ in filling(yaml.safe_load(schema_path.read_text())).iter_errors(config):
+    for _ in _default_filler(schema_path).iter_errors(config):
         pass  # only the defaults are wanted here
     return config
 

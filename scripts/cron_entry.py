@@ -28,9 +28,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
