@@ -369,3 +369,14 @@ def test_destination_equal_to_a_local_source_is_refused_before_anything_runs(sit
     assert "Traceback" not in result.stderr
     assert {p: p.lstat().st_mode for p in site.mountain.rglob("*")} == modes
     assert not list(site.root.rglob("*.installed"))
+
+
+def test_defaults_are_copies_the_cached_schema_never_changes():
+    from scripts.configuration import with_defaults
+
+    first = with_defaults({"remote": {"host": "mountain"}})
+    first["alerts"]["to"].append("someone@example.org")
+    first["remote"]["ssh"].append("-v")
+    second = with_defaults({"remote": {"host": "mountain"}})
+    assert second["alerts"]["to"] == []
+    assert "-v" not in second["remote"]["ssh"]
