@@ -6,7 +6,6 @@
 import datetime as dt
 import hashlib
 import json
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ from scripts.targets import (
     pending_exposures,
     scan_night,
 )
+from scripts.time_limits import job_minutes
 
 try:
     check_configuration(config)
@@ -281,27 +281,11 @@ def get_job(module, rule, needs, extra=None):
 
 
 # Slurm time limits (the `runtime` resource, in minutes; no effect on a local run)
-# follow from the workflow's own time limits for what a job does, plus a margin, so a
-# hung step normally ends itself with a failure record ("timed out") and Slurm's limit
-# is only the backstop. Hashing has no limit of its own: HASHING_SECONDS allows some
-# GB at a slow shared file system's pace.
-HASHING_SECONDS = 1800
-MARGIN_SECONDS = 1800
-
-
+# follow from the workflow's own time limits for what a job does, plus
+# `runtime_margin` (scripts/time_limits.py, the one place for these numbers).
 def get_runtime(step):
     """Slurm time limit (minutes) of a job of `step` (stage, verify, catch_up, backup)."""
-    remote, attempts = config["remote"], config["verify"]["max_attempts"]
-    fetch = remote["timeout"] + remote["transfer_timeout"]  # link check, then rsync
-    seconds = {
-        "stage": fetch,
-        # every attempt hashes; each failed one fetches the wrong files again
-        "verify": attempts * HASHING_SECONDS + (attempts - 1) * fetch,
-        # the night's dry run, then (for one changed exposure) a copy and its checks
-        "catch_up": remote["transfer_timeout"] + attempts * (fetch + HASHING_SECONDS),
-        "backup": config["backup"]["timeout"],
-    }[step]
-    return math.ceil((seconds + MARGIN_SECONDS) / 60)
+    return job_minutes(config, step)
 
 
 def get_backup_history(stream, night):
