@@ -19,8 +19,10 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
+from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove_at, remove_pinned
 from scripts.permissions import DIR_MODE, lock_tree, writable
 
 #: The workflow's workspace inside each destination; never part of a night.
@@ -52,19 +54,16 @@ def exchange(a: Path, b: Path) -> None:
 
 
 def discard(path: Path) -> None:
-    """Remove a workspace or staging copy, read-only or not; absent is fine."""
-    if not os.path.lexists(path):
+    """Remove a workspace copy, read-only or not; absent is fine. The entry itself is
+    removed (a link, never what it points to); the walk never follows a link."""
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
-    for dirpath, dirnames, _ in os.walk(path):
-        os.chmod(dirpath, stat.S_IRWXU)
-        for name in dirnames:
-            child = os.path.join(dirpath, name)
-            if not os.path.islink(child):
-                os.chmod(child, stat.S_IRWXU)
-    shutil.rmtree(path)
+    try:
+        remove_at(parent, path.name)
+    finally:
+        os.close(parent)
 
 
 def recover(destination: Path, night: str, expid: str) -> None:
@@ -81,47 +80,72 @@ def recover(destination: Path, night: str, expid: str) -> None:
     discard(workspace_path(destination, night, expid, "incoming"))
 
 
-def prepare(copy: Path, destination: Path, night: str, expid: str,
+def prepare(copy: Pinned, destination: Path, night: str, expid: str,
             dir_mode: int = DIR_MODE) -> Path:
     """Bring the verified `copy` into the workspace, read-only; return its path.
 
     `copy` is renamed when it is on the destination's file system, else copied (and
-    left in place for the caller to remove once the exposure is in).
+    left in place for the caller to remove once the exposure is in). The rename names
+    the pinned directory by its parent's descriptor, after checking that the name
+    still is it: whatever was planted or moved meanwhile, only the verified copy goes in.
+
+    Raises
+    ------
+    UnsafeDirectoryError
+        The copy was moved or swapped since it was opened, or the workspace is not
+        the workflow's own.
     """
     recover(destination, night, expid)
     incoming = workspace_path(destination, night, expid, "incoming")
-    incoming.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(copy, incoming)
-    except OSError as err:
-        if err.errno != errno.EXDEV:
-            raise
+    with pinned(destination, [WORKSPACE], create=True, role="the archive's workspace",
+                own_root=False) as workspace:
+        if not copy.still_there():
+            raise UnsafeDirectoryError(f"{copy.shown} was moved or replaced after it was"
+                                       " verified; it is not installed")
         try:
-            shutil.copytree(copy, incoming, symlinks=True)
-        except BaseException:
-            discard(incoming)  # a full disk, say: no partial copy stays behind
-            raise
+            os.rename(copy.name, incoming.name, src_dir_fd=copy.parent,
+                      dst_dir_fd=workspace.fd)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            try:
+                shutil.copytree(copy.path, workspace.path / incoming.name, symlinks=True)
+            except BaseException:
+                remove_at(workspace.fd, incoming.name)  # a full disk: no partial copy stays
+                raise
     lock_tree(incoming, dir_mode)
     return incoming
 
 
-def place(copy: Path, destination: Path, night: str, expid: str) -> None:
+def place(copy: Pinned, destination: Path, night: str, expid: str) -> None:
     """Install a new exposure: `copy` appears under ``NIGHT/EXPID`` whole, read-only."""
     final = destination / night / expid
     incoming = prepare(copy, destination, night, expid)
     with writable(final.parent):
         os.rename(incoming, final)
-    discard(copy)
+    remove_pinned(copy)
 
 
-def replace(copy: Path, destination: Path, night: str, expid: str) -> None:
+def identity(path: Path) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of `path` itself (a link is not followed)."""
+    st = os.stat(path, follow_symlinks=False)
+    return st.st_dev, st.st_ino
+
+
+def replace(copy: Pinned, destination: Path, night: str, expid: str,
+            before_swap: Callable[[tuple[int, int]], None] | None = None) -> None:
     """Swap the installed exposure for the verified `copy`, atomically.
 
+    `before_swap(identity)` is called with the ``(st_dev, st_ino)`` the exposure will
+    have once swapped in, just before the swap: a journal that records it lets a
+    later run tell, by what the file system says, whether the swap happened.
     The replaced copy is removed; the caller keeps its record. Directory modes follow
     the installed copy's (0o2550 once its night went to tape).
     """
     final = destination / night / expid
     incoming = prepare(copy, destination, night, expid, DIR_MODE)
+    if before_swap is not None:
+        before_swap(identity(incoming))
     old_mode = stat.S_IMODE(os.lstat(final).st_mode)
     with writable(final.parent):
         # Moving a directory to another parent needs write permission on it.
@@ -139,4 +163,4 @@ def replace(copy: Path, destination: Path, night: str, expid: str) -> None:
     if not old_mode & stat.S_IWUSR:
         lock_tree(final, old_mode)
     discard(incoming)
-    discard(copy)
+    remove_pinned(copy)

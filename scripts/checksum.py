@@ -416,7 +416,10 @@ def verify_exposure(
     link) is reported as mismatched without being opened.
     """
     root, checksum_relative = _checked_arguments(directory, checksum_name, threads)
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # The bytes are read below `directory` as given: a directory pinned by descriptor
+    # (``/proc/self/fd/N``, scripts/own_dirs.py) is read itself, whatever its path
+    # string leads to now.
+    root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         present = set(_walk(root))
         present.discard(checksum_relative)

@@ -29,13 +29,17 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with(parent: int):
-    """A ``preexec_fn``: SIGKILL this child when `parent` dies, even by SIGKILL."""
+def _die_with(parent: int, cwd_fd: int | None = None):
+    """A ``preexec_fn``: SIGKILL this child when `parent` dies, even by SIGKILL; and
+    start it in the open directory `cwd_fd` (a directory pinned by descriptor, see
+    scripts/own_dirs.py: no path is looked up again)."""
 
     def preexec() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(137)
+        if cwd_fd is not None:
+            os.fchdir(cwd_fd)
 
     return preexec
 
@@ -72,8 +76,10 @@ def run(
     timeout: float,
     cwd: str | os.PathLike | None = None,
     env: dict[str, str] | None = None,
+    cwd_fd: int | None = None,
 ) -> CommandResult:
-    """Run `command` (no shell) for at most `timeout` seconds.
+    """Run `command` (no shell) for at most `timeout` seconds, in `cwd` or in the open
+    directory `cwd_fd`.
 
     Returns
     -------
@@ -94,7 +100,7 @@ def run(
             text=True,
             errors="replace",
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid()),
+            preexec_fn=_die_with(os.getpid(), cwd_fd),
         )
     except FileNotFoundError:
         log.debug("not found: %s", command[0])

@@ -21,12 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.job import run_job
-from scripts.archive import discard, place, recover, replace
+from scripts.archive import place, recover, replace
 from scripts.checksum import verify_exposure
 from scripts.configuration import Stream, get_streams
 from scripts.markers import marker_path, next_attempt, read_record, write_failure, write_marker
+from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove_pinned
 from scripts.permissions import DIR_MODE, lock_tree, locked_dir_mode
-from scripts.stage import tree_size
+from scripts.stage import staging_role, tree_size
 
 log = logging.getLogger("install")
 
@@ -44,6 +45,17 @@ def night_directory(stream: Stream, night: str) -> Path:
     return path
 
 
+def staged_copy_is_verified(stream: Stream, night: str, expid: str, staged: Pinned,
+                           checksummed: dict) -> bool:
+    """Whether `staged` is the very directory that verified: same ``st_dev/st_ino``
+    as the checksummed record says, or (a record without one) verified again now."""
+    if checksummed.get("outcome") != "verified":
+        return False
+    if checksummed.get("identity") is not None:
+        return list(staged.identity()) == list(checksummed["identity"])
+    return verify_exposure(staged.path, stream.checksum_name(night, expid)).ok
+
+
 def put_in_place(stream: Stream, night: str, expid: str, checksummed: dict) -> str:
     """Move the staged or adopted exposure into the archive; say how, in a few words.
 
@@ -53,21 +65,32 @@ def put_in_place(stream: Stream, night: str, expid: str, checksummed: dict) -> s
         When neither copy can be installed; the staged markers are removed then, so
         that the next run stages the exposure again.
     """
-    staging = stream.staging_exposure(night, expid)
     destination = stream.destination_exposure(night, expid)
-    verified = checksummed.get("outcome") == "verified"
     recover(stream.destination, night, expid)
-    if staging.is_dir():
-        if not destination.exists():
-            place(staging, stream.destination, night, expid)
-            return "moved from staging"
-        if verified:
-            replace(staging, stream.destination, night, expid)
-            return "replaced the archive's copy with the verified staged copy"
-        discard(staging)
-        return "kept the archive's copy: the staged copy did not verify"
+    try:
+        with pinned(stream.staging, [night, expid], create=False,
+                    role=staging_role(stream)) as staged:
+            verified = staged_copy_is_verified(stream, night, expid, staged, checksummed)
+            if not destination.exists():
+                if not verified and checksummed.get("outcome") == "verified":
+                    remove_pinned(staged)
+                    raise InstallError(f"{night}/{expid} in staging is not the copy that was"
+                                       " verified (moved or replaced since); the next run"
+                                       " stages it again")
+                place(staged, stream.destination, night, expid)
+                return "moved from staging"
+            if verified:
+                replace(staged, stream.destination, night, expid)
+                return "replaced the archive's copy with the verified staged copy"
+            remove_pinned(staged)
+            return "kept the archive's copy: the staged copy did not verify"
+    except FileNotFoundError:
+        pass
+    except UnsafeDirectoryError as err:
+        raise InstallError(f"{err}; the next run stages it again") from None
     if not destination.is_dir():
-        raise InstallError(f"{night}/{expid} is neither in staging ({staging}) nor in the"
+        raise InstallError(f"{night}/{expid} is neither in staging"
+                           f" ({stream.staging_exposure(night, expid)}) nor in the"
                            " destination; the next run stages it again")
     if checksummed.get("location") != "destination":
         # The staged copy went in but the run died before recording it, or it is an

@@ -11,7 +11,7 @@ from scripts.remote import rsync_shell, source_spec
 #: never followed when copying (see scripts/links.py); only the catch-up's dry run,
 #: which copies nothing, follows the night's published links.
 BASE_FLAGS = ("--recursive", "--times", "--omit-dir-times")
-EXPID_GLOB = "[0-9]" * 8
+_EXPID = re.compile(r"[0-9]{8}")
 _EXPOSURE_LINE = re.compile(r"^([0-9]{8})/")
 #: ``rsync: [receiver] write failed on "/x/y": No space left on device (28)``
 _MESSAGE = re.compile(r"^rsync:\s*\[(?P<role>\w+)\]\s.*?: (?P<text>[^:]+) \((?P<errno>[0-9]+)\)$")
@@ -40,7 +40,7 @@ def rsync_command(
     dry_run: bool = False,
     itemize: bool = False,
     delete: bool = False,
-    exposures_only: bool = False,
+    exposures: Sequence[str] | None = None,
     follow_dirlinks: bool = False,
     copy_dest: str | None = None,
 ) -> list[str]:
@@ -61,9 +61,10 @@ def rsync_command(
     delete : bool
         Remove files in `destination` that are not in `source`, including the
         temporary files an rsync killed with SIGKILL leaves behind. Only for staging.
-    exposures_only : bool
-        For a whole night: only the 8-digit exposure directories, so that a stray
-        link in the night (one pointing at ``.``, say) is never followed.
+    exposures : sequence of str, optional
+        For a whole night: only these exposure directories (8-digit names; others
+        are dropped), so that neither a stray link in the night (one pointing at
+        ``.``, say) nor a held exposure's links are ever followed.
     follow_dirlinks : bool
         ``--copy-dirlinks``: for the catch-up's dry run over a night of published
         links only; it copies nothing.
@@ -91,8 +92,11 @@ def rsync_command(
         command.append("--verbose")
     if delete:
         command.append("--delete")
-    if exposures_only:
-        command += [f"--include=/{EXPID_GLOB}/", f"--include=/{EXPID_GLOB}/**", "--exclude=*"]
+    if exposures is not None:
+        for expid in exposures:
+            if _EXPID.fullmatch(expid):
+                command += [f"--include=/{expid}/", f"--include=/{expid}/**"]
+        command.append("--exclude=*")
     command += rsync_shell(remote)
     command += [source_spec(remote, source.rstrip("/") + "/"), destination.rstrip("/") + "/"]
     return command

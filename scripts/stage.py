@@ -27,10 +27,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.job import run_job
-from scripts.archive import discard, recover
+from scripts.archive import recover
 from scripts.commands import CommandResult, run
 from scripts.configuration import Stream, get_streams
-from scripts.links import LinkCheckError, UnsafeLinkError, resolve_exposure
+from scripts.links import (
+    LinkCheckError,
+    UnreadableExposureError,
+    UnsafeLinkError,
+    resolve_exposure,
+    same_exposure,
+)
+from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove_pinned
 from scripts.markers import (
     failure_path,
     marker_path,
@@ -60,26 +67,40 @@ def tree_size(top: str | os.PathLike) -> tuple[int, int]:
     return total, files
 
 
-def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Path, delete: bool,
+def staging_role(stream: Stream) -> str:
+    """How messages name the stream's staging area."""
+    return f"streams.{stream.name}.staging"
+
+
+def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Pinned, delete: bool,
           copy_dest: Path | None = None) -> CommandResult:
     """rsync one exposure from the mountain into `into`, after checking its links.
 
-    `into` is staging or a side copy, never the archive; `copy_dest` (an installed
-    exposure) is only read, for the files that did not change.
+    `into` is a staging copy or a side copy pinned by descriptor (scripts/own_dirs.py):
+    rsync starts in that very directory and writes relative to it, so no link planted
+    in staging can send it elsewhere. `copy_dest` (an installed exposure) is only read,
+    for the files that did not change.
 
     Raises
     ------
     UnsafeLinkError
-        The exposure's links lead outside it: nothing is copied.
+        The exposure's links lead outside it (nothing is copied), or it changed while
+        it was copied (the copy in `into` must be thrown away).
+    UnreadableExposureError
+        Its directory cannot be read at the mountain.
     LinkCheckError
         The mountain could not be asked.
     """
-    if stream.destination in into.parents:
-        raise RuntimeError(f"refusing to rsync into the archive ({into})")
-    real = resolve_exposure(remote, stream.source, night, expid, stream.data_root)
-    command = rsync_command(remote, real, str(into), delete=delete,
+    checked = resolve_exposure(remote, stream.source, night, expid, stream.data_root)
+    command = rsync_command(remote, checked.real, ".", delete=delete,
                             copy_dest=str(copy_dest) if copy_dest else None)
-    return run(command, timeout=remote["transfer_timeout"])
+    result = run(command, timeout=remote["transfer_timeout"], cwd_fd=into.fd)
+    if result.ok:
+        # What was copied must be what was checked: asked again, the mountain must
+        # name the same directory, still with no link leading out.
+        same_exposure(checked, resolve_exposure(remote, stream.source, night, expid,
+                                                stream.data_root), night, expid)
+    return result
 
 
 def rsync_failure_reason(result: CommandResult, what: str) -> tuple[str, bool]:
@@ -106,18 +127,25 @@ def record_rsync_failure(marker: Path, what: str, result: CommandResult, attempt
     attempts a person is told.
     """
     reason, environment = rsync_failure_reason(result, what)
-    # Only failures of the exposure's own count towards holding it.
+    log.error("rsync stdout: %s", result.stdout.strip()[-2000:])
+    record_own_failure(marker, reason, attempt, max_attempts, environment=environment,
+                       command=list(result.command), timed_out=result.timed_out,
+                       stderr=result.stderr[-2000:])
+
+
+def record_own_failure(marker: Path, reason: str, attempt: int, max_attempts: int,
+                       environment: bool = False, **details) -> None:
+    """Write a staging failure record; a failure of the exposure's own (not the
+    environment's) counts towards holding it after `max_attempts` of them."""
     own = (read_failure(marker) or {}).get("own_failures", 0) + (not environment)
     exhausted = attempt >= max_attempts
     held = own >= max_attempts
     log.error("%s, check logs! (attempt %d of %d)%s", reason, attempt, max_attempts,
               f"; held: fix it, then remove {failure_path(marker)} to stage it again"
               if held else "")
-    log.error("rsync stdout: %s", result.stdout.strip()[-2000:])
     extra = {"held": True, "policy": "hold"} if held else {}
-    write_failure(marker, reason, attempt, command=list(result.command),
-                  timed_out=result.timed_out, stderr=result.stderr[-2000:],
-                  environment=environment, own_failures=own, exhausted=exhausted, **extra)
+    write_failure(marker, reason, attempt, environment=environment, own_failures=own,
+                  exhausted=exhausted, **details, **extra)
 
 
 def adopt(marker: Path, destination: Path, published: str | None) -> None:
@@ -154,14 +182,32 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
         adopt(marker, destination, published)
         return True
     attempt = next_attempt(marker)
-    staging.mkdir(parents=True, exist_ok=True)
     try:
-        result = fetch(config["remote"], stream, night, expid, staging, delete=True)
+        with pinned(stream.staging, [night, expid], create=True,
+                    role=staging_role(stream)) as into:
+            return stage_into(config, stream, night, expid, into, marker, attempt, start,
+                              published)
+    except UnsafeDirectoryError as err:
+        log.error("%s", err)
+        write_failure(marker, str(err), attempt, environment=True,
+                      exhausted=attempt >= config["verify"]["max_attempts"])
+        return False
+
+
+def stage_into(config: dict, stream: Stream, night: str, expid: str, into: Pinned,
+               marker: Path, attempt: int, start: float, published: str | None) -> bool:
+    """rsync the exposure into the pinned staging directory `into`; write the marker
+    or the failure record."""
+    try:
+        result = fetch(config["remote"], stream, night, expid, into, delete=True)
     except UnsafeLinkError as err:
-        log.error("%s; held: nothing was copied. Fix the links at the mountain, then remove"
-                  " %s to try again.", err, f"{marker}.failed")
+        log.error("%s; held: nothing of it is kept. Fix the links at the mountain, then"
+                  " remove %s to try again.", err, f"{marker}.failed")
         write_failure(marker, str(err), attempt, held=True, policy="hold")
-        discard(staging)
+        remove_pinned(into)
+        return False
+    except UnreadableExposureError as err:
+        record_own_failure(marker, str(err), attempt, config["verify"]["max_attempts"])
         return False
     except LinkCheckError as err:
         log.error("%s (attempt %d)", err, attempt)
@@ -172,7 +218,7 @@ def stage_exposure(config: dict, stream: Stream, night: str, expid: str,
         record_rsync_failure(marker, f"{night}/{expid}", result, attempt,
                              config["verify"]["max_attempts"])
         return False
-    size, files = tree_size(staging)
+    size, files = tree_size(into.path)
     log.info("staged %s/%s: %d files, %d bytes in %.1f s", night, expid, files, size,
              result.seconds)
     write_marker(marker, {

@@ -18,6 +18,11 @@ When the attempts are exhausted ``verify.on_failure`` decides:
 ``hold``
     No marker; the failure record says ``held`` and the exposure stays in staging.
     Later runs leave it alone until a person removes the failure record.
+
+A refetch that finds the exposure's links leading outside it holds the exposure
+whatever ``on_failure`` says: a policy never installs what may come from outside.
+The copy verified is opened by descriptor (scripts/own_dirs.py); its ``st_dev/st_ino``
+goes into the marker, and install moves only that very directory.
 """
 
 import logging
@@ -26,15 +31,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.job import run_job
-from scripts.archive import discard
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import Stream, get_streams
-from scripts.links import LinkCheckError, UnsafeLinkError
+from scripts.links import LinkCheckError, UnreadableExposureError, UnsafeLinkError
 from scripts.markers import (
     failure_path,
     marker_path,
@@ -44,33 +49,46 @@ from scripts.markers import (
     write_json_atomic,
     write_marker,
 )
-from scripts.stage import fetch
+from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove, remove_pinned
+from scripts.stage import fetch, staging_role
 
 log = logging.getLogger("verify")
 
 
-def exposure_directory(config: dict, stream: Stream, night: str, expid: str) -> tuple[Path, str]:
-    """Where the exposure to verify is, per its staged marker: (path, location)."""
-    staged = read_record(marker_path(config["state"], stream.name, night, expid, "staged"))
-    location = (staged or {}).get("location", "staging")
-    if location == "destination":
-        return stream.destination_exposure(night, expid), location
-    return stream.staging_exposure(night, expid), location
+#: The copy being verified: the archive's (a path, only read) or a staging or side copy
+#: pinned by descriptor (fetched into, rebuilt).
+Copy = Path | Pinned
 
 
-def refetch(config: dict, stream: Stream, night: str, expid: str, directory: Path,
+def readable(copy: Copy) -> Path:
+    """A path that reads `copy` itself."""
+    return copy.path if isinstance(copy, Pinned) else copy
+
+
+def shown(copy: Copy) -> Path:
+    """`copy`'s path, for messages."""
+    return copy.shown if isinstance(copy, Pinned) else copy
+
+
+def refetch(config: dict, stream: Stream, night: str, expid: str, into: Pinned,
             mismatched: list[str]) -> None:
-    """Remove the mismatched files from the copy `directory` and fetch it again.
+    """Remove the mismatched files from the copy `into` and fetch it again.
 
     rsync's quick check (size and time) would keep a corrupted file of the right
     size, so the bad copies are deleted first; rsync then fetches only those and the
-    missing ones. `directory` is staging or a side copy: `fetch` refuses the archive.
+    missing ones. `into` is a staging or side copy, never the archive.
+
+    Raises
+    ------
+    UnsafeLinkError
+        The exposure's links now lead outside it: it must be held, never installed
+        by policy.
     """
     for name in mismatched:
-        (directory / name).unlink(missing_ok=True)
+        (into.path / name).unlink(missing_ok=True)
     try:
-        result = fetch(config["remote"], stream, night, expid, directory, delete=True)
-    except (UnsafeLinkError, LinkCheckError) as err:
+        result = fetch(config["remote"], stream, night, expid, into, delete=True)
+    except (LinkCheckError, UnreadableExposureError) as err:
         log.error("fetching %s/%s again failed: %s", night, expid, err)
         return
     if not result.ok:
@@ -78,9 +96,8 @@ def refetch(config: dict, stream: Stream, night: str, expid: str, directory: Pat
 
 
 def copy_good_files(archive: Path, staging: Path, bad: set[str]) -> int:
-    """Seed `staging` with the archive's files except `bad` (times kept, so rsync's
-    quick check skips them); return how many. The archive is only read."""
-    discard(staging)
+    """Seed the empty `staging` with the archive's files except `bad` (times kept, so
+    rsync's quick check skips them); return how many. The archive is only read."""
     copied = 0
     for dirpath, dirnames, filenames in os.walk(archive):
         relative = Path(dirpath).relative_to(archive)
@@ -98,38 +115,43 @@ def copy_good_files(archive: Path, staging: Path, bad: set[str]) -> int:
 
 
 def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
-                        directory: Path, threads: int, first: int = 1,
+                        copy: Copy, threads: int, first: int = 1,
                         record_failure: Callable | None = None,
                         to_staging: Callable | None = None,
-                        ) -> tuple[VerificationResult, int, Path]:
+                        ) -> tuple[VerificationResult, int, Copy]:
     """Verify, fetching again what is wrong, until it passes or attempts run out.
 
     `record_failure(result, attempt)` is called after each failed attempt, so that a
-    run killed in between leaves the count behind. When `directory` is in the
-    archive, `to_staging(result)` must give the staging copy to fetch into instead.
+    run killed in between leaves the count behind. When `copy` is the archive's,
+    `to_staging(result)` must give the pinned staging copy to fetch into instead.
 
     Returns
     -------
-    (VerificationResult, int, Path)
-        The last result, the attempt number it came from, and the directory it
-        verified (staging, once an archive copy failed).
+    (VerificationResult, int, Copy)
+        The last result, the attempt number it came from, and the copy it verified
+        (staging, once an archive copy failed).
+
+    Raises
+    ------
+    UnsafeLinkError
+        From a refetch: the exposure's links lead outside it now.
     """
     max_attempts = config["verify"]["max_attempts"]
     checksum_name = stream.checksum_name(night, expid)
     attempt = first
     while True:
-        result = verify_exposure(directory, checksum_name, threads=threads)
+        result = verify_exposure(readable(copy), checksum_name, threads=threads)
         if result.ok:
-            return result, attempt, directory
+            return result, attempt, copy
         log.error("checksum error(s) detected for %s/%s (attempt %d of %d): %s",
                   night, expid, attempt, max_attempts, result.reason())
         if record_failure is not None:
             record_failure(result, attempt)
         if attempt >= max_attempts:
-            return result, attempt, directory
-        if stream.destination in directory.parents:
-            directory = to_staging(result)
-        refetch(config, stream, night, expid, directory, result.mismatched)
+            return result, attempt, copy
+        if not isinstance(copy, Pinned):
+            copy = to_staging(result)
+        refetch(config, stream, night, expid, copy, result.mismatched)
         attempt += 1
 
 
@@ -165,15 +187,51 @@ def apply_policy(config: dict, marker: Path, result: VerificationResult, locatio
     return False
 
 
-def staged_copy_gone(config: dict, stream: Stream, night: str, expid: str, directory: Path,
+def staged_copy_gone(config: dict, stream: Stream, night: str, expid: str, why: str,
                      location: str, attempt: int) -> bool:
-    """The staged copy was removed after its marker: record it and stage again."""
+    """The staged copy was removed (or replaced) after its marker: record it and stage
+    again."""
     marker = marker_path(config["state"], stream.name, night, expid, "checksummed")
-    reason = f"{night}/{expid}: the staged copy {directory} is gone; the next run stages it again"
+    reason = f"{night}/{expid}: {why}; the next run stages it again"
     log.error(reason)
     write_failure(marker, reason, attempt, location=location)
     marker_path(config["state"], stream.name, night, expid, "staged").unlink(missing_ok=True)
     return False
+
+
+def link_check_failed(config: dict, stream: Stream, night: str, expid: str,
+                      error: UnsafeLinkError, copy: Copy, attempt: int) -> bool:
+    """A refetch found links leading outside the exposure: it is held whatever
+    ``verify.on_failure`` says (a policy never installs what may come from outside),
+    and its staging copy goes."""
+    marker = marker_path(config["state"], stream.name, night, expid, "checksummed")
+    log.error("%s; held: fix the links at the mountain, then remove %s to try again.",
+              error, failure_path(marker))
+    write_failure(marker, str(error), attempt, held=True, policy="hold", links=True)
+    if isinstance(copy, Pinned):
+        remove_pinned(copy)
+    return False
+
+
+def open_copy(config: dict, stream: Stream, night: str, expid: str,
+              stack: ExitStack) -> tuple[Copy | None, str, str]:
+    """The copy to verify per the staged marker, opened: (copy or None, location,
+    why it is not there)."""
+    staged = read_record(marker_path(config["state"], stream.name, night, expid, "staged"))
+    location = (staged or {}).get("location", "staging")
+    if location == "destination":
+        archive = stream.destination_exposure(night, expid)
+        return (archive if archive.is_dir() else None), location, \
+            f"the adopted copy {archive} is gone"
+    try:
+        copy = stack.enter_context(pinned(stream.staging, [night, expid], create=False,
+                                          role=staging_role(stream)))
+    except FileNotFoundError:
+        return None, location, \
+            f"the staged copy {stream.staging_exposure(night, expid)} is gone"
+    except UnsafeDirectoryError as err:
+        return None, location, str(err)
+    return copy, location, ""
 
 
 def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -> bool:
@@ -186,50 +244,63 @@ def verify(config: dict, stream: Stream, night: str, expid: str, threads: int) -
     """
     marker = marker_path(config["state"], stream.name, night, expid, "checksummed")
     max_attempts = config["verify"]["max_attempts"]
-    directory, location = exposure_directory(config, stream, night, expid)
     done = (read_failure(marker) or {}).get("attempts", 0)
-    if not directory.is_dir():
-        return staged_copy_gone(config, stream, night, expid, directory, location, done + 1)
-    # A run killed mid-verification goes on counting; an exhausted record (released by
-    # a person, or from a run with another policy) starts afresh.
-    first = done + 1 if 0 < done < max_attempts else 1
-    start = time.monotonic()
+    with ExitStack() as stack:
+        copy, location, why = open_copy(config, stream, night, expid, stack)
+        if copy is None:
+            return staged_copy_gone(config, stream, night, expid, why, location, done + 1)
+        # A run killed mid-verification goes on counting; an exhausted record (released
+        # by a person, or from a run with another policy) starts afresh.
+        first = done + 1 if 0 < done < max_attempts else 1
+        start = time.monotonic()
+        attempts = [first]
 
-    def record_failure(result: VerificationResult, attempt: int) -> None:
-        write_failure(marker, result.reason(), attempt, **result.to_record(),
-                      location=location, exhausted=attempt >= max_attempts)
+        def record_failure(result: VerificationResult, attempt: int) -> None:
+            attempts.append(attempt)
+            write_failure(marker, result.reason(), attempt, **result.to_record(),
+                          location=location, exhausted=attempt >= max_attempts)
 
-    def to_staging(result: VerificationResult) -> Path:
-        """The adopted archive copy failed: rebuild it in staging, and say so in the
-        staged marker so that a run killed now goes on there."""
-        nonlocal location
-        location = "staging"
-        return rebuild_in_staging(config, stream, night, expid, directory, result)
+        def to_staging(result: VerificationResult) -> Pinned:
+            """The adopted archive copy failed: rebuild it in staging, and say so in the
+            staged marker so that a run killed now goes on there."""
+            nonlocal location
+            location = "staging"
+            return rebuild_in_staging(config, stream, night, expid, copy, result, stack)
 
-    result, attempt, directory = verify_with_retries(
-        config, stream, night, expid, directory, threads, first, record_failure, to_staging)
-    if not result.ok:
-        return apply_policy(config, marker, result, location, directory,
-                            time.monotonic() - start)
-    log.info("%s/%s verified: %d files, %d bytes (attempt %d)", night, expid,
-             result.files, result.bytes, attempt)
-    write_marker(marker, {
-        "outcome": "verified", "attempt": attempt, "files": result.files,
-        "bytes": result.bytes, "location": location,
-        "duration": round(time.monotonic() - start, 3),
-    })
-    return True
+        try:
+            result, attempt, copy = verify_with_retries(
+                config, stream, night, expid, copy, threads, first, record_failure,
+                to_staging)
+        except UnsafeLinkError as err:
+            return link_check_failed(config, stream, night, expid, err, copy,
+                                     attempts[-1] + 1)
+        if not result.ok:
+            return apply_policy(config, marker, result, location, shown(copy),
+                                time.monotonic() - start)
+        log.info("%s/%s verified: %d files, %d bytes (attempt %d)", night, expid,
+                 result.files, result.bytes, attempt)
+        write_marker(marker, {
+            "outcome": "verified", "attempt": attempt, "files": result.files,
+            "bytes": result.bytes, "location": location,
+            "duration": round(time.monotonic() - start, 3),
+            # What was verified, as the file system knows it: install checks that it
+            # moves this very directory.
+            "identity": list(copy.identity()) if isinstance(copy, Pinned) else None,
+        })
+        return True
 
 
 def rebuild_in_staging(config: dict, stream: Stream, night: str, expid: str, archive: Path,
-                       result: VerificationResult) -> Path:
+                       result: VerificationResult, stack: ExitStack) -> Pinned:
     """Seed staging with the archive copy's good files (the archive is only read) and
-    point the staged marker there; return the staging copy."""
-    staging = stream.staging_exposure(night, expid)
-    copied = copy_good_files(archive, staging, set(result.mismatched))
+    point the staged marker there; return the staging copy, pinned for `stack`."""
+    remove(stream.staging, [night, expid], staging_role(stream))
+    staging = stack.enter_context(pinned(stream.staging, [night, expid], create=True,
+                                         role=staging_role(stream)))
+    copied = copy_good_files(archive, staging.path, set(result.mismatched))
     log.warning("%s/%s in the archive failed verification: building a copy in %s from"
                 " its %d good files and the mountain; the archive is not touched",
-                night, expid, staging, copied)
+                night, expid, staging.shown, copied)
     staged = marker_path(config["state"], stream.name, night, expid, "staged")
     write_marker(staged, {**(read_record(staged) or {}), "location": "staging",
                           "outcome": "refetched to replace the archive's copy",
