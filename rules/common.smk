@@ -21,6 +21,7 @@ from scripts.configuration import (
 )
 from scripts.hpss import hpss_status
 from scripts.lanes import LaneError, describe_plan, get_lane, get_run_id
+from scripts.preview import DRAWINGS, preview_kind
 from scripts.markers import (
     failure_path,
     marker_path,
@@ -54,9 +55,12 @@ BACKUP = config["backup"]
 STREAMS = get_streams(config)
 NOW = get_now(config)
 FIRST_NIGHT = first_night(NOW, config["lookback_nights"])
+# A preview (-n, --dag, --rulegraph, --lint...) changes nothing: it reads the mountain,
+# the state and HPSS like a run, and writes none of it back (scripts/preview.py).
+PREVIEW = preview_kind(sys.argv)
 # `snakemake --lint` parses the workflow to read its rules and runs nothing:
 # it must not need the mountain.
-LINTING = "--lint" in sys.argv
+LINTING = PREVIEW == "lint"
 # The lane of this run (scripts/lanes.py): exposures, nights, or None for all the work.
 try:
     LANE = get_lane()
@@ -108,11 +112,14 @@ def get_listing(stream):
             cache_file=cache,
             cache_seconds=config["remote"]["listing_cache"],
             run_id=RUN_ID,
+            write_cache=not PREVIEW,
         )
     except RemoteError as err:
-        write_failure(cache, str(err), 1)
+        if not PREVIEW:
+            write_failure(cache, str(err), 1)
         return None, f"desitransfer: stream {stream.name}: {err}"
-    failure_path(cache).unlink(missing_ok=True)
+    if not PREVIEW:
+        failure_path(cache).unlink(missing_ok=True)
     epoch = (read_record(cache) or {}).get("epoch")
     if isinstance(epoch, (int, float)):
         PLAN["listed"] = min(PLAN["listed"] or epoch, epoch)
@@ -193,7 +200,10 @@ def get_exposure_targets():
             (name, night, expid)
             for night, expid in pending_exposures(listing.exposures, nights)
         ]
-    limit = config["exposures_per_run"] if LANE == "exposures" else None
+    # The exposure lane's bound; a drawing without a target draws one such run too
+    # (the whole backlog is a picture nobody can read). -n and a hand run show all.
+    bounded = LANE == "exposures" or PREVIEW in DRAWINGS
+    limit = config["exposures_per_run"] if bounded else None
     planned = newest_first(pending, limit)
     PLAN.update(exposures=planned, pending=len(pending))
     return [str(marker_path(STATE, s, n, e, "installed")) for s, n, e in planned]
@@ -242,7 +252,7 @@ def get_job_config(needs):
     text = json.dumps(sections, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(STATE, ".config", f"config-{digest}.json")
-    if not LINTING and not path.exists():
+    if not PREVIEW and not path.exists():
         write_json_atomic(path, json.loads(text))
     return str(path)
 
@@ -297,7 +307,7 @@ def get_backup_history(stream, night):
     """
     marker = marker_path(STATE, stream, night, None, "backedup")
     record = read_record(marker)
-    if record is None and marker.exists():
+    if record is None and marker.exists() and not PREVIEW:
         marker.rename(f"{marker}.bad")
         logger.warning(
             f"{marker} is unreadable: moved to {marker}.bad; the night's backup is"
@@ -369,7 +379,8 @@ def get_hpss_ready():
     if BACKUP["backend"] != "htar" or not BACKUP["hpss_status"]:
         return True, ""
     ready, why = hpss_status(BACKUP["hpss_status"], BACKUP["status_timeout"])
-    record_hpss_status(STATE, ready, why)
+    if not PREVIEW:
+        record_hpss_status(STATE, ready, why)
     return ready, why
 
 
@@ -403,7 +414,8 @@ def get_night_targets():
     for name, listing in LISTINGS.items():
         nights, from_state = get_nights(name, listing)
         for night in nights:
-            if LANE == "nights" and not night_ready(
+            # A drawing without a target shows one cron run: the night lane's part.
+            if (LANE == "nights" or PREVIEW in DRAWINGS) and not night_ready(
                 get_night_expids(name, night), get_night_state(name, night)
             ):
                 continue

@@ -192,6 +192,7 @@ def list_exposures(
     cache_file: Path | None = None,
     cache_seconds: float = 0,
     run_id: str | None = None,
+    write_cache: bool = True,
 ) -> Listing:
     """List the exposures the mountain publishes for one stream.
 
@@ -222,7 +223,7 @@ def list_exposures(
     if failure is not None:
         raise RemoteError(failure)
     listing = parse_listing(result.stdout, source, window_start)
-    if cache_file is not None:
+    if cache_file is not None and write_cache:  # a preview reads the cache, never writes it
         _write_cache(cache_file, key, listing)
     return listing
 

@@ -200,7 +200,18 @@ def test_hung_rsync_ends_as_a_timed_out_failure(site, sshd):
     # A run plans from a listing made after it started, unless its caller hands it the
     # run id the listing was made for: here the preview and the cron run share one.
     site.env["DESITRANSFER_RUN"] = "hung-rsync"
-    site.run("-n")  # lists over the real sshd and caches the listing
+    # A parse of that run lists over the real sshd and caches the listing (a preview
+    # would not write it: previews change nothing).
+    from scripts.configuration import get_now, with_defaults
+    from scripts.remote import first_night, list_exposures
+    from scripts.status import listing_cache_path
+
+    config = with_defaults(dict(site.config))
+    stream = config["streams"]["DESI_SPECTRO_DATA"]
+    list_exposures(config["remote"], stream["source"],
+                   first_night(get_now(config), config["lookback_nights"]),
+                   cache_file=listing_cache_path(site.state, "DESI_SPECTRO_DATA"),
+                   cache_seconds=3600, run_id="hung-rsync")
     with socket.socket() as silent:  # then the mountain stops answering
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
