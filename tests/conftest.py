@@ -33,7 +33,7 @@ NOW = "2026-11-28T16:00:00Z"
 
 
 #: Fixtures that run the real workflow: a test using one is marked slow.
-_WORKFLOW_FIXTURES = {"site", "sshd", "tape", "archive", "installed"}
+_WORKFLOW_FIXTURES = {"site", "sshd", "tape", "archive", "installed", "shared"}
 #: Modules marked as a whole, by what they start.
 _MODULE_MARKERS = {"test_slurm.py": ("slurm", "slow"), "test_status_page.py": ("browser", "slow"),
                    "test_fault_soak.py": ("slow",)}
