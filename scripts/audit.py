@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TextIO
 
 from scripts.archive import WORKSPACE
-from scripts.backup import Tape, exposures_in
+from scripts.backup import Tape
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import (
     ConfigurationError,
@@ -52,9 +52,11 @@ from scripts.configuration import (
     load_yaml,
     with_defaults,
 )
-from scripts.hpss import BackupError
+from scripts.hpss import BackupError, Member, minimal_tar_size
 from scripts.markers import marker_path, read_record
 from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
+from scripts.tape_contents import by_exposure, differences, exposure_on_disk
+from scripts.tar_archive import scan_tar
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 #: Problems about the exposure directory itself, rather than one file in it.
@@ -385,25 +387,128 @@ def state_nights(state: Path, stream: Stream) -> set[str]:
         return set()
 
 
-def audit_backup(audit: Audit, tape: Tape, stream: Stream, night: str, record: dict) -> None:
-    """Check that each archive of the night's backup record holds the exposures it lists.
+def archive_duties(record: dict) -> dict[str, str]:
+    """EXPID → the archive that must hold it as it is on disk: the newest of the
+    record's archives that lists it (an older one may hold an older version)."""
+    newest = {}
+    for archive in record.get("archives", []):
+        for expid in archive.get("exposures", []):
+            newest[str(expid)] = str(archive.get("name"))
+    return newest
 
-    The member list is read from the archive itself (`Tape.members`): on tape, htar's
-    index; with the tar backend, the index written after the tarball verified.
-    """
+
+@dataclass
+class TapeView:
+    """One stream's archive directory as the audit sees it: the backend, and the
+    directory's listing (None when it could not be listed: said once)."""
+
+    tape: Tape
+    listing: dict[str, int] | None
+
+
+def tape_view(audit: Audit, tape: Tape, stream: Stream) -> TapeView:
+    """List the stream's archive directory once (``hsi ls -l`` on HPSS)."""
+    try:
+        return TapeView(tape, tape.listing())
+    except BackupError as err:
+        audit.problem(stream, tape.location, f"the backup archives cannot be listed: {err}")
+        return TapeView(tape, None)
+
+
+def audit_backup(audit: Audit, view: TapeView, stream: Stream, night: str,
+                 record: dict) -> None:
+    """Check each archive of the night's backup record against the archive directory,
+    its own index, its bytes (tar backend) and the exposures on disk."""
+    duties = archive_duties(record)
     for archive in record.get("archives", []):
         name = str(archive.get("name"))
         listed = {str(expid) for expid in archive.get("exposures", [])}
-        if not listed:
-            continue
-        try:
-            held = exposures_in(tape.members(name), night)
-        except BackupError as err:
-            audit.problem(stream, night, f"backup archive {name} cannot be listed: {err}")
-            continue
-        for expid in sorted(listed - held):
-            audit.problem(stream, f"{night}/{expid}", f"the backup record says {name} holds"
-                                                      " it, but that archive does not")
+        if listed:
+            mine = {expid for expid in listed if duties.get(expid) == name}
+            audit_archive(audit, view, stream, night, name, listed, mine)
+
+
+def audit_archive(audit: Audit, view: TapeView, stream: Stream, night: str, name: str,
+                  listed: set[str], mine: set[str]) -> None:
+    """Check one archive of a night's record.
+
+    * the archive and its index are in the archive directory;
+    * its index (``htar -tvf`` on HPSS, ``NAME.idx`` with the tar backend) holds every
+      exposure the record says it holds;
+    * the exposures it must hold as on disk (`mine`) are there file by file: name and
+      size, and with the tar backend the SHA-256 of the bytes read from the tarball
+      against the exposure's checksum file;
+    * with the tar backend, the tarball read front to back holds exactly what its
+      index lists (a truncated or altered tarball); on HPSS, the archive is at least
+      as large as its members need (a truncated one).
+    """
+    tape = view.tape
+    present = None
+    if view.listing is not None:
+        present = name in view.listing
+        if not present:
+            audit.problem(stream, night, f"backup archive {name} is missing from"
+                                         f" {tape.location}")
+        if f"{name}.idx" not in view.listing:
+            audit.problem(stream, night, f"backup archive {name} has no {name}.idx in"
+                                         f" {tape.location}")
+    try:
+        members = tape.member_list(name)
+    except BackupError as err:
+        audit.problem(stream, night, f"backup archive {name} cannot be listed: {err}")
+        return
+    held = by_exposure(members, night)
+    for expid in sorted(listed - set(held)):
+        audit.problem(stream, f"{night}/{expid}", f"the backup record says {name} holds"
+                                                  " it, but that archive does not")
+    if present is False:
+        return  # its index alone says nothing of what is on tape
+    if present and view.listing is not None and tape.backup["backend"] == "htar":
+        need = minimal_tar_size(members)
+        if view.listing[name] < need:
+            audit.problem(stream, night, f"backup archive {name} is {view.listing[name]}"
+                                         f" bytes on tape, fewer than the {need} its"
+                                         " members need: truncated")
+    if tape.backup["backend"] == "tar":
+        read = read_archive(audit, tape, stream, night, name, members)
+        if read is None:
+            return  # unreadable: said; its index alone would compare as if intact
+        held = by_exposure(read, night)
+    for expid in sorted(mine & set(held)):
+        checksum = stream.checksum_name(night, expid)
+        disk = exposure_on_disk(stream.destination_exposure(night, expid), checksum)
+        if disk is None:
+            continue  # the exposure's own audit says it is missing
+        for path, what in differences(disk, held[expid], name, checksum):
+            audit.problem(stream, f"{night}/{expid}", f"{path}: {what}")
+
+
+def read_archive(audit: Audit, tape: Tape, stream: Stream, night: str, name: str,
+                 indexed: list[Member]) -> list[Member] | None:
+    """Read a tarball once, front to back, hashing every member; report where it
+    differs from its index. Returns its members with the digests of their bytes, or
+    None when it cannot be read to its end."""
+    expected = {member.name: member for member in indexed}
+    found: list[Member] = []
+    try:
+        with tape.read(name) as raw:
+            for member in scan_tar(raw):
+                found.append(member)
+                audit.bytes += member.size
+                entry = expected.pop(member.name, None)
+                if entry is None:
+                    audit.problem(stream, night, f"backup archive {name}: {member.name}:"
+                                                 " in the tarball but not in its .idx")
+                elif (entry.size, entry.sha256) != (member.size, member.sha256):
+                    audit.problem(stream, night, f"backup archive {name}: {member.name}:"
+                                                 " differs from its .idx (size or SHA-256)")
+    except BackupError as err:
+        audit.problem(stream, night, f"backup archive {name} cannot be read: {err}")
+        return None
+    for member in sorted(expected):
+        audit.problem(stream, night, f"backup archive {name}: {member}: listed in its"
+                                     " .idx but not in the tarball")
+    return found
 
 
 def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None = None) -> None:
@@ -418,11 +523,13 @@ def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None =
     else:
         nights = destination_nights(audit, stream) | state_nights(state, stream)
     tape = None if config["backup"]["backend"] == "none" else Tape(config, stream)
+    view = None
     unchecked = 0
     for each in sorted(nights):
         record = audit_night(audit, state, stream, each)
         if record is not None and tape is not None:
-            audit_backup(audit, tape, stream, each, record)
+            view = view or tape_view(audit, tape, stream)
+            audit_backup(audit, view, stream, each, record)
         elif record is not None:
             unchecked += 1
     if unchecked:
