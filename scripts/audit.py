@@ -1,6 +1,7 @@
 """Audit the archive, read-only: do the bytes, modes, state and backup records agree?
 
     python -m scripts.audit [--config CONFIG] [--night NIGHT] [--stream NAME] [--threads N]
+                            [--read-tape]
 
 For every installed exposure of every stream (or of one night, or one stream):
 
@@ -16,8 +17,14 @@ For every installed exposure of every stream (or of one night, or one stream):
   ``.desitransfer*`` workspace;
 * an ``.installed`` marker whose exposure directory is missing is a problem (an
   exposure directory without a marker is audited like the others);
-* every exposure a backup record lists is a member of the archive it names (read
-  from the archive: ``htar -tvf`` on tape, the verified index with the tar backend).
+* every archive a backup record names is in the archive directory with its index
+  (``hsi ls -l`` on HPSS), its index (``htar -tvf``, or the tar backend's ``.idx``)
+  holds each exposure the record lists, and the newest archive listing an exposure
+  holds it as it is on disk, file by file (name and size);
+* with the tar backend, the tarball is read once, front to back: each member in the
+  index with its size and SHA-256, and hashing to the exposure's checksum file. On
+  HPSS, without a tape recall: the archive's size must be at least what the members
+  in its index need.
 
 Each problem is one line on stdout, ``STREAM NIGHT/EXPID: what is wrong`` (names
 escaped, so no raw control character or undecodable byte reaches the terminal),
@@ -52,7 +59,7 @@ from scripts.configuration import (
     load_yaml,
     with_defaults,
 )
-from scripts.hpss import BackupError, Member, minimal_tar_size
+from scripts.hpss import BackupError, Member, is_consistency_member, minimal_tar_size
 from scripts.markers import marker_path, read_record
 from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
 from scripts.tape_contents import by_exposure, differences, exposure_on_disk
@@ -404,15 +411,17 @@ class TapeView:
 
     tape: Tape
     listing: dict[str, int] | None
+    read: bool = True  # read the archives' bytes (always with the tar backend)
 
 
-def tape_view(audit: Audit, tape: Tape, stream: Stream) -> TapeView:
+def tape_view(audit: Audit, tape: Tape, stream: Stream, read_tape: bool) -> TapeView:
     """List the stream's archive directory once (``hsi ls -l`` on HPSS)."""
+    read = read_tape or tape.backup["backend"] == "tar"
     try:
-        return TapeView(tape, tape.listing())
+        return TapeView(tape, tape.listing(), read)
     except BackupError as err:
         audit.problem(stream, tape.location, f"the backup archives cannot be listed: {err}")
-        return TapeView(tape, None)
+        return TapeView(tape, None, read)
 
 
 def audit_backup(audit: Audit, view: TapeView, stream: Stream, night: str,
@@ -469,7 +478,7 @@ def audit_archive(audit: Audit, view: TapeView, stream: Stream, night: str, name
             audit.problem(stream, night, f"backup archive {name} is {view.listing[name]}"
                                          f" bytes on tape, fewer than the {need} its"
                                          " members need: truncated")
-    if tape.backup["backend"] == "tar":
+    if view.read:
         read = read_archive(audit, tape, stream, night, name, members)
         if read is None:
             return  # unreadable: said; its index alone would compare as if intact
@@ -493,13 +502,15 @@ def read_archive(audit: Audit, tape: Tape, stream: Stream, night: str, name: str
     try:
         with tape.read(name) as raw:
             for member in scan_tar(raw):
+                if is_consistency_member(member.name):
+                    continue  # htar's own, not in its listing
                 found.append(member)
                 audit.bytes += member.size
                 entry = expected.pop(member.name, None)
                 if entry is None:
                     audit.problem(stream, night, f"backup archive {name}: {member.name}:"
                                                  " in the tarball but not in its .idx")
-                elif (entry.size, entry.sha256) != (member.size, member.sha256):
+                elif entry.size != member.size or entry.sha256 not in (None, member.sha256):
                     audit.problem(stream, night, f"backup archive {name}: {member.name}:"
                                                  " differs from its .idx (size or SHA-256)")
     except BackupError as err:
@@ -511,7 +522,8 @@ def read_archive(audit: Audit, tape: Tape, stream: Stream, night: str, name: str
     return found
 
 
-def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None = None) -> None:
+def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None = None,
+                 read_tape: bool = False) -> None:
     """Audit every night of `stream` (or only `night`), oldest first."""
     state = Path(config["state"])
     if night is not None:
@@ -528,7 +540,7 @@ def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None =
     for each in sorted(nights):
         record = audit_night(audit, state, stream, each)
         if record is not None and tape is not None:
-            view = view or tape_view(audit, tape, stream)
+            view = view or tape_view(audit, tape, stream, read_tape)
             audit_backup(audit, view, stream, each, record)
         elif record is not None:
             unchecked += 1
@@ -578,6 +590,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream", help="audit this stream only")
     parser.add_argument("--threads", type=int,
                         help="files hashed in parallel (default: verify.threads)")
+    parser.add_argument("--read-tape", action="store_true",
+                        help="with the htar backend, also read every archive's bytes from"
+                             " HPSS (hsi get: a recall from tape) and check them against"
+                             " the checksum files, as the tar backend's always are")
     return parser.parse_args(argv)
 
 
@@ -607,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         for stream in streams:
-            audit_stream(audit, config, stream, args.night)
+            audit_stream(audit, config, stream, args.night, args.read_tape)
     except KeyboardInterrupt:
         print(f"{audit.summary(time.monotonic() - start)} (interrupted: the rest was not"
               " audited)", file=sys.stderr)

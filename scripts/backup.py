@@ -28,7 +28,10 @@ exposures it holds.
 import contextlib
 import logging
 import os
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +46,7 @@ from scripts.hpss import (
     BackupError,
     Member,
     hsi_list,
+    hsi_stream_command,
     htar_command,
     htar_members,
     parse_htar_created,
@@ -185,23 +189,52 @@ class Tape:
 
     @contextlib.contextmanager
     def read(self, name: str) -> Iterator[BinaryIO]:
-        """The bytes of archive `name`, front to back (the tar backend's tarball).
+        """The bytes of archive `name`, front to back.
+
+        The tar backend's tarball; on HPSS, ``hsi -q get - : HPSSDIR/NAME`` (a recall
+        from tape unless HPSS still has the file on disk), within ``backup.timeout``.
 
         Raises
         ------
         BackupError
-            The archive cannot be opened, or the backend does not hand out its bytes.
+            The archive cannot be opened, or hsi failed or timed out.
         """
-        if self.backup["backend"] != "tar":
-            raise BackupError(f"the {self.backup['backend']} backend's archives are not"
-                              " read by this workflow")
-        try:
-            stream = open(self.directory / name, "rb", buffering=0)  # noqa: SIM115
-        except OSError as err:
-            raise BackupError(f"cannot open {self.directory / name}: {err.strerror}"
-                              ) from None
-        with stream:
-            yield stream
+        if self.backup["backend"] == "tar":
+            try:
+                stream = open(self.directory / name, "rb", buffering=0)  # noqa: SIM115
+            except OSError as err:
+                raise BackupError(f"cannot open {self.directory / name}: {err.strerror}"
+                                  ) from None
+            with stream:
+                yield stream
+            return
+        command = hsi_stream_command(self.backup["hpss_bin"], f"{self.stream.hpss}/{name}")
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=errors)
+            except OSError as err:
+                raise BackupError(f"cannot run {command[0]}: {err.strerror}") from None
+            timer = threading.Timer(self.backup["timeout"], proc.kill)
+            timer.start()
+            try:
+                yield proc.stdout
+                while proc.stdout.read(1 << 20):  # what tar leaves after its end
+                    pass
+                returncode = proc.wait()
+            finally:
+                timer.cancel()
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                proc.stdout.close()
+            if returncode:
+                errors.seek(0)
+                said = errors.read().decode(errors="replace").strip().splitlines()
+                why = ("timed out after"
+                       f" {self.backup['timeout']} s" if returncode == -9 else
+                       f"status {returncode}: {said[-1] if said else 'no message'}")
+                raise BackupError(f"{' '.join(command)} failed ({why})")
 
     def write(self, name: str, members: list[str]) -> list[str]:
         """Write archive `name` from `members` (paths relative to the destination).

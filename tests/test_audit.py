@@ -402,6 +402,30 @@ def test_an_htar_archive_deleted_or_truncated_on_tape_is_found(site, tape):
     assert result.returncode == 1
 
 
+def test_read_tape_reads_an_htar_archive_s_bytes_through_hsi(site, tape):
+    """A flipped byte on tape keeps every size: only reading the bytes finds it, and
+    only with --read-tape, which recalls the archive (``hsi get - :``)."""
+    back_up(site)
+    config = site.write_config()
+    assert audit(config, "--read-tape", env=site.env).returncode == 0
+    tarball = tape / "desi/spectro/data" / ARCHIVE
+    with tarfile.open(tarball) as tar:
+        sky = tar.getmember(f"{NIGHT}/00001102/sky-00001102.fits.fz")
+    flip_in_file(tarball, sky.offset_data + 7)
+    assert audit(config, env=site.env).returncode == 0  # what htar exposes is intact
+    result = audit(config, "--read-tape", env=site.env)
+    assert lines(result) == [f"{STREAM} {NIGHT}/00001102: sky-00001102.fits.fz: content in"
+                             f" {ARCHIVE} differs from {checksum('00001102')}"]
+    assert result.returncode == 1
+    gets = [json.loads(line)["argv"] for line in (tape / ".calls.jsonl").read_text()
+            .splitlines() if json.loads(line)["prog"] == "hsi" and "get" in line]
+    assert gets[-1] == ["hsi", "-q", "get", "-", ":", f"desi/spectro/data/{ARCHIVE}"]
+    tarball.write_bytes(tarball.read_bytes()[:sky.offset_data + 10])
+    assert (f"{STREAM} {NIGHT}: backup archive {ARCHIVE} cannot be read: truncated in the"
+            f" data of {sky.name} (10 of {sky.size} bytes)"
+            in lines(audit(config, "--read-tape", env=site.env)))
+
+
 def test_a_backup_record_naming_an_exposure_not_on_tape_is_found(site, tape):
     back_up(site)
     result = audit(site.write_config(), env=site.env)  # HPSS_ROOT: the emulator's tape
