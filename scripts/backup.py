@@ -215,13 +215,30 @@ class Tape:
                                         stdout=subprocess.PIPE, stderr=errors)
             except OSError as err:
                 raise BackupError(f"cannot run {command[0]}: {err.strerror}") from None
-            timer = threading.Timer(self.backup["timeout"], proc.kill)
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
+                proc.kill()
+
+            timer = threading.Timer(self.backup["timeout"], expire)
+            timer.daemon = True
             timer.start()
             try:
-                yield proc.stdout
-                while proc.stdout.read(1 << 20):  # what tar leaves after its end
-                    pass
-                returncode = proc.wait()
+                try:
+                    yield proc.stdout
+                except BackupError as failure:
+                    # An archive cut short may be hsi failing: its own word is better.
+                    try:
+                        returncode = proc.wait(timeout=2)
+                    except subprocess.TimeoutExpired:
+                        returncode = 0  # still sending: the archive itself is bad
+                    if not returncode:
+                        raise failure
+                else:
+                    while proc.stdout.read(1 << 20):  # what tar leaves after its end
+                        pass
+                    returncode = proc.wait()
             finally:
                 timer.cancel()
                 if proc.poll() is None:
@@ -231,9 +248,8 @@ class Tape:
             if returncode:
                 errors.seek(0)
                 said = errors.read().decode(errors="replace").strip().splitlines()
-                why = ("timed out after"
-                       f" {self.backup['timeout']} s" if returncode == -9 else
-                       f"status {returncode}: {said[-1] if said else 'no message'}")
+                why = (f"timed out after {self.backup['timeout']} s" if expired.is_set()
+                       else f"status {returncode}: {said[-1] if said else 'no message'}")
                 raise BackupError(f"{' '.join(command)} failed ({why})")
 
     def write(self, name: str, members: list[str]) -> list[str]:

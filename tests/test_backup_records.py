@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,32 @@ def test_htar_listing_sizes_and_the_least_size_of_a_tar():
     assert [(m.size, m.sha256) for m in members] == [(3000, None), (105, None)]
     assert minimal_tar_size(members) == 512 + 3072 + 512 + 512
     assert minimal_tar_size([]) == 0
+
+
+def test_tape_read_streams_an_htar_archive_through_hsi_and_fails_in_one_line(
+        tmp_path, monkeypatch):
+    destination = tmp_path / "archive"
+    exposure = destination / NIGHT / "00001234"
+    exposure.mkdir(parents=True)
+    (exposure / "desi-00001234.fits.fz").write_bytes(b"x" * 1000)
+    monkeypatch.setenv("HPSS_ROOT", str(tmp_path / "hpss"))
+    backup = {"backend": "htar", "hpss_bin": str(EMULATOR), "timeout": 30}
+    tape = Tape({"backup": backup}, stream(destination))
+    tape.write(tar_name(), [NIGHT])
+    with tape.read(tar_name()) as raw:
+        found = [m for m in scan_tar(raw) if "HTAR_CF_CHK_" not in m.name]
+    assert found == [Member(f"{NIGHT}/00001234/desi-00001234.fits.fz", 1000,
+                            hashlib.sha256(b"x" * 1000).hexdigest())]
+    with pytest.raises(BackupError, match=r"status 72: \*\*\* hsi: .*No such file"), \
+            tape.read(tar_name(index=1)) as raw:
+        list(scan_tar(raw))
+    monkeypatch.setenv("HSI_HANG", "30")
+    backup["timeout"] = 1
+    start = time.monotonic()
+    with pytest.raises(BackupError, match="timed out after 1 s"), \
+            tape.read(tar_name()) as raw:
+        list(scan_tar(raw))
+    assert time.monotonic() - start < 10
 
 
 # ------------------------------------------------------------- the real workflow
