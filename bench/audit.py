@@ -66,7 +66,7 @@ def _write_file(path: Path, size: int, block: bytes, counter: list[int]) -> str:
         left = size
         while left > 0:
             counter[0] += 1
-            chunk = (counter[0].to_bytes(8, "little") + block[8:])[:left]
+            chunk = counter[0].to_bytes(8, "little") + block[8:min(left, len(block))]
             f.write(chunk)
             digest.update(chunk)
             left -= len(chunk)
@@ -89,7 +89,7 @@ def prepare(size: int) -> dict:
         (ROOT / "mountain").mkdir()
         for n, night in enumerate(nights()):
             expids = [f"{n * EXPOSURES + e + 1:08d}" for e in range(EXPOSURES)]
-            index = []
+            index, digests = [], {}
             for expid in expids:
                 exposure = destination / night / expid
                 exposure.mkdir(parents=True)
@@ -97,8 +97,12 @@ def prepare(size: int) -> dict:
                 for k in range(FILES):
                     name = f"desi-{expid}-{k}.fits.fz"
                     digest = _write_file(exposure / name, file_size, block, counter)
+                    digests[exposure / name] = digest
                     lines.append(f"{digest}  {name}\n")
-                (exposure / f"checksum-{expid}.sha256sum").write_text("".join(lines))
+                text = "".join(lines).encode()
+                (exposure / f"checksum-{expid}.sha256sum").write_bytes(text)
+                digests[exposure / f"checksum-{expid}.sha256sum"] = hashlib.sha256(
+                    text).hexdigest()
             name = f"{HPSS.replace('/', '_')}_{night}.tar"
             with tarfile.open(tape / name, "w") as tar:
                 for path in sorted((destination / night).rglob("*")):
@@ -106,7 +110,7 @@ def prepare(size: int) -> dict:
                     tar.add(path, arcname=relative, recursive=False)
                     if path.is_file():
                         index.append({"name": relative, "size": path.stat().st_size,
-                                      "sha256": _sha256(path)})
+                                      "sha256": digests[path]})
             (tape / f"{name}.idx").write_text(
                 "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in index))
             (state / f"{night}.backedup").write_text(json.dumps({
@@ -128,14 +132,6 @@ def prepare(size: int) -> dict:
     tarballs = sorted(str(p) for p in (ROOT / "tape").rglob("*.tar"))
     return {"config": config_path, "files": files, "tarballs": tarballs,
             "bytes": sum(os.path.getsize(p) for p in files + tarballs)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _total(root: Path) -> int:
