@@ -42,8 +42,10 @@ import io
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -112,12 +114,21 @@ class Audit:
     exposures: int = 0
     bytes: int = 0
     problems: int = 0
+    #: Set when the audit is interrupted: a tape archive being read stops at its next member.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def problem(self, stream: Stream, item: str, what: str) -> None:
         """Write one problem line at once (cron and operators see it as it is found)."""
-        self.problems += 1
-        self.out.write(printable(f"{stream.name} {item}: {what}") + "\n")
-        self.out.flush()
+        with self._lock:  # a tape archive is read beside the next night's exposures
+            self.problems += 1
+            self.out.write(printable(f"{stream.name} {item}: {what}") + "\n")
+            self.out.flush()
+
+    def read(self, count: int) -> None:
+        """Count `count` bytes read."""
+        with self._lock:
+            self.bytes += count
 
     def summary(self, seconds: float) -> str:
         rate = self.bytes / seconds / 1e6 if seconds > 0 else 0.0
@@ -242,7 +253,7 @@ def audit_exposure(audit: Audit, stream: Stream, night: str, expid: str,
     except (OSError, ValueError) as err:
         findings.add(EXPOSURE, f"cannot be verified ({err})")
     else:
-        audit.bytes += result.bytes
+        audit.read(result.bytes)
         add_verification(result, findings)
     check_tree(directory, dir_mode, findings)
     audit.exposures += 1
@@ -492,6 +503,10 @@ def audit_archive(audit: Audit, view: TapeView, stream: Stream, night: str, name
             audit.problem(stream, f"{night}/{expid}", f"{path}: {what}")
 
 
+class _Interrupted(Exception):
+    """The audit was interrupted while a tape archive was being read."""
+
+
 def read_archive(audit: Audit, tape: Tape, stream: Stream, night: str, name: str,
                  indexed: list[Member]) -> list[Member] | None:
     """Read a tarball once, front to back, hashing every member; report where it
@@ -505,7 +520,9 @@ def read_archive(audit: Audit, tape: Tape, stream: Stream, night: str, name: str
                 if is_consistency_member(member.name):
                     continue  # htar's own, not in its listing
                 found.append(member)
-                audit.bytes += member.size
+                audit.read(member.size)
+                if audit.stopping.is_set():
+                    raise _Interrupted  # out of the stream at once (hsi is ended)
                 entry = expected.pop(member.name, None)
                 if entry is None:
                     audit.problem(stream, night, f"backup archive {name}: {member.name}:"
@@ -516,6 +533,8 @@ def read_archive(audit: Audit, tape: Tape, stream: Stream, night: str, name: str
     except BackupError as err:
         audit.problem(stream, night, f"backup archive {name} cannot be read: {err}")
         return None
+    except _Interrupted:
+        return None  # the summary says the rest was not audited
     for member in sorted(expected):
         audit.problem(stream, night, f"backup archive {name}: {member}: listed in its"
                                      " .idx but not in the tarball")
@@ -537,13 +556,30 @@ def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None =
     tape = None if config["backup"]["backend"] == "none" else Tape(config, stream)
     view = None
     unchecked = 0
-    for each in sorted(nights):
-        record = audit_night(audit, state, stream, each)
-        if record is not None and tape is not None:
-            view = view or tape_view(audit, tape, stream, read_tape)
-            audit_backup(audit, view, stream, each, record)
-        elif record is not None:
-            unchecked += 1
+    # With more than one thread, a night's tape archives are read (one stream) while
+    # the next night's exposures are hashed: both reads at once, one night apart at most.
+    with ThreadPoolExecutor(max_workers=1) as tape_reader:
+        reading = None
+        try:
+            for each in sorted(nights):
+                record = audit_night(audit, state, stream, each)
+                if record is not None and tape is not None:
+                    view = view or tape_view(audit, tape, stream, read_tape)
+                    if reading is not None:
+                        reading.result()
+                    reading = None
+                    if audit.threads > 1:
+                        reading = tape_reader.submit(audit_backup, audit, view, stream,
+                                                     each, record)
+                    else:
+                        audit_backup(audit, view, stream, each, record)
+                elif record is not None:
+                    unchecked += 1
+            if reading is not None:
+                reading.result()
+        except BaseException:
+            audit.stopping.set()
+            raise
     if unchecked:
         print(f"audit: {stream.name}: backup.backend is none, so the backup records of"
               f" {unchecked} nights were not checked against their archives", file=sys.stderr)
