@@ -62,15 +62,19 @@ def exposure_on_disk(directory: Path, checksum_name: str) -> dict[str, DiskFile]
     if not os.path.isdir(top) or os.path.islink(top):
         return None
     files: dict[str, DiskFile] = {}
-    for root, _, names in os.walk(top):
-        for name in names:
-            path = os.path.join(root, name)
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
-            if os.path.isfile(path) and not os.path.islink(path):
-                files[os.path.relpath(path, top).replace(os.sep, "/")] = DiskFile(info.st_size)
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            with os.scandir(os.path.join(top, relative) if relative else top) as entries:
+                for entry in entries:
+                    path = f"{relative}/{entry.name}" if relative else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(path)
+                    elif entry.is_file(follow_symlinks=False):
+                        files[path] = DiskFile(entry.stat(follow_symlinks=False).st_size)
+        except OSError:
+            continue  # the exposure's own audit says what cannot be read
     if checksum_name in files:
         try:
             with open(os.path.join(top, checksum_name), "rb") as f:

@@ -31,7 +31,7 @@ from scripts.hpss import (
     parse_htar_listing,
     parse_htar_members,
 )
-from scripts.tape_contents import DiskFile, differences
+from scripts.tape_contents import DiskFile, differences, exposure_on_disk
 from scripts.tar_archive import scan_tar
 from scripts.targets import NightState, marker_nights, night_exposures
 
@@ -214,6 +214,24 @@ def test_differences_name_each_file_the_archive_holds_otherwise():
         ("late.fits", "on disk but not in A.tar")]
     same = {path: Member(f"N/E/{path}", f.size, f.sha256) for path, f in disk.items()}
     assert differences(disk, same, "A.tar", "checksum.sha256sum") == []
+
+
+def test_exposure_on_disk_lists_regular_files_with_their_checksums(tmp_path):
+    exposure = tmp_path / "00001234"
+    (exposure / "sub").mkdir(parents=True)
+    (exposure / "a.fits").write_bytes(b"a" * 10)
+    (exposure / "sub" / "b.fits").write_bytes(b"b" * 20)
+    (exposure / "unlisted").write_bytes(b"u")
+    (exposure / "link").symlink_to("/etc/hostname")  # never followed, never listed
+    text = (f"{hashlib.sha256(b'a' * 10).hexdigest()}  a.fits\n"
+            f"{hashlib.sha256(b'b' * 20).hexdigest()}  sub/b.fits\n").encode()
+    (exposure / "checksum.sha256sum").write_bytes(text)
+    assert exposure_on_disk(exposure, "checksum.sha256sum") == {
+        "a.fits": DiskFile(10, hashlib.sha256(b"a" * 10).hexdigest()),
+        "sub/b.fits": DiskFile(20, hashlib.sha256(b"b" * 20).hexdigest()),
+        "unlisted": DiskFile(1),
+        "checksum.sha256sum": DiskFile(len(text), hashlib.sha256(text).hexdigest())}
+    assert exposure_on_disk(tmp_path / "00009999", "checksum.sha256sum") is None
 
 
 def test_htar_listing_sizes_and_the_least_size_of_a_tar():
