@@ -50,6 +50,8 @@ SIZES = {
     "fresh_hang": (120, 45),
     "fresh_backlog": (100, 40),
     "fresh_periods": ((10, 60), (10,)),
+    # case 6: bytes of exposure data in the 100-night archive (the tarballs as much again)
+    "audit_size": (10 * 10**9, 10**9),
 }
 
 
@@ -58,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smaller data (200 nights, 0.5 GB files, 60 exposures at most)")
-    parser.add_argument("--cases", default="1,2,3,4,5",
+    parser.add_argument("--cases", default="1,2,3,4,5,6",
                         help="comma-separated cases to run (default: all)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per measurement, median reported (default 3; cases 1 and"
@@ -69,9 +71,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the workflow to measure (a modified copy, to compare)")
     parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md",
                         help="where the markdown report goes (default bench/RESULTS.md)")
+    parser.add_argument("--audit-size", type=float, metavar="GB",
+                        help="case 6: GB of exposure data in the audited archive (default 10,"
+                             " 1 with --quick)")
     opts = parser.parse_args(argv)
+    audit_size = opts.audit_size
     for name, (full, quick) in SIZES.items():
         setattr(opts, name, quick if opts.quick else full)
+    if audit_size is not None:
+        if audit_size <= 0:
+            parser.error("--audit-size must be positive")
+        opts.audit_size = int(audit_size * 1e9)
     opts.cases = sorted({int(c) for c in opts.cases.split(",") if c.strip()})
     if opts.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -108,7 +118,7 @@ class Cases:
 
 
 def run_all(opts) -> Cases:
-    from bench import endtoend, freshness, scale, verification
+    from bench import audit, endtoend, freshness, scale, verification
 
     cases = Cases(opts)
     scale_opts = argparse.Namespace(**vars(opts))
@@ -134,6 +144,10 @@ def run_all(opts) -> Cases:
     cases.case(5, "freshness: publication to installed under a backup and a backlog",
                lambda: freshness.run(opts))
     freshness.clean()
+    cases.case(6, "the archive audit against openssl, 100 nights on tape",
+               lambda: audit.run(opts, opts.audit_size))
+    if not opts.keep:
+        audit.clean()
     return cases
 
 

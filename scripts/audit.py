@@ -1,6 +1,7 @@
 """Audit the archive, read-only: do the bytes, modes, state and backup records agree?
 
     python -m scripts.audit [--config CONFIG] [--night NIGHT] [--stream NAME] [--threads N]
+                            [--read-tape]
 
 For every installed exposure of every stream (or of one night, or one stream):
 
@@ -16,8 +17,14 @@ For every installed exposure of every stream (or of one night, or one stream):
   ``.desitransfer*`` workspace;
 * an ``.installed`` marker whose exposure directory is missing is a problem (an
   exposure directory without a marker is audited like the others);
-* every exposure a backup record lists is a member of the archive it names (read
-  from the archive: ``htar -tvf`` on tape, the verified index with the tar backend).
+* every archive a backup record names is in the archive directory with its index
+  (``hsi ls -l`` on HPSS), its index (``htar -tvf``, or the tar backend's ``.idx``)
+  holds each exposure the record lists, and the newest archive listing an exposure
+  holds it as it is on disk, file by file (name and size);
+* with the tar backend, the tarball is read once, front to back: each member in the
+  index with its size and SHA-256, and hashing to the exposure's checksum file. On
+  HPSS, without a tape recall: the archive's size must be at least what the members
+  in its index need.
 
 Each problem is one line on stdout, ``STREAM NIGHT/EXPID: what is wrong`` (names
 escaped, so no raw control character or undecodable byte reaches the terminal),
@@ -35,14 +42,16 @@ import io
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from scripts.archive import WORKSPACE
-from scripts.backup import Tape, exposures_in
+from scripts.backup import Tape
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import (
     ConfigurationError,
@@ -52,9 +61,11 @@ from scripts.configuration import (
     load_yaml,
     with_defaults,
 )
-from scripts.hpss import BackupError
+from scripts.hpss import BackupError, Member, is_consistency_member, minimal_tar_size
 from scripts.markers import marker_path, read_record
 from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
+from scripts.tape_contents import by_exposure, differences, exposure_on_disk
+from scripts.tar_archive import scan_tar
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 #: Problems about the exposure directory itself, rather than one file in it.
@@ -103,12 +114,21 @@ class Audit:
     exposures: int = 0
     bytes: int = 0
     problems: int = 0
+    #: Set when the audit is interrupted: a tape archive being read stops at its next member.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def problem(self, stream: Stream, item: str, what: str) -> None:
         """Write one problem line at once (cron and operators see it as it is found)."""
-        self.problems += 1
-        self.out.write(printable(f"{stream.name} {item}: {what}") + "\n")
-        self.out.flush()
+        with self._lock:  # a tape archive is read beside the next night's exposures
+            self.problems += 1
+            self.out.write(printable(f"{stream.name} {item}: {what}") + "\n")
+            self.out.flush()
+
+    def read(self, count: int) -> None:
+        """Count `count` bytes read."""
+        with self._lock:
+            self.bytes += count
 
     def summary(self, seconds: float) -> str:
         rate = self.bytes / seconds / 1e6 if seconds > 0 else 0.0
@@ -233,7 +253,7 @@ def audit_exposure(audit: Audit, stream: Stream, night: str, expid: str,
     except (OSError, ValueError) as err:
         findings.add(EXPOSURE, f"cannot be verified ({err})")
     else:
-        audit.bytes += result.bytes
+        audit.read(result.bytes)
         add_verification(result, findings)
     check_tree(directory, dir_mode, findings)
     audit.exposures += 1
@@ -385,28 +405,144 @@ def state_nights(state: Path, stream: Stream) -> set[str]:
         return set()
 
 
-def audit_backup(audit: Audit, tape: Tape, stream: Stream, night: str, record: dict) -> None:
-    """Check that each archive of the night's backup record holds the exposures it lists.
+def archive_duties(record: dict) -> dict[str, str]:
+    """EXPID → the archive that must hold it as it is on disk: the newest of the
+    record's archives that lists it (an older one may hold an older version)."""
+    newest = {}
+    for archive in record.get("archives", []):
+        for expid in archive.get("exposures", []):
+            newest[str(expid)] = str(archive.get("name"))
+    return newest
 
-    The member list is read from the archive itself (`Tape.members`): on tape, htar's
-    index; with the tar backend, the index written after the tarball verified.
-    """
+
+@dataclass
+class TapeView:
+    """One stream's archive directory as the audit sees it: the backend, and the
+    directory's listing (None when it could not be listed: said once)."""
+
+    tape: Tape
+    listing: dict[str, int] | None
+    read: bool = True  # read the archives' bytes (always with the tar backend)
+
+
+def tape_view(audit: Audit, tape: Tape, stream: Stream, read_tape: bool) -> TapeView:
+    """List the stream's archive directory once (``hsi ls -l`` on HPSS)."""
+    read = read_tape or tape.backup["backend"] == "tar"
+    try:
+        return TapeView(tape, tape.listing(), read)
+    except BackupError as err:
+        audit.problem(stream, tape.location, f"the backup archives cannot be listed: {err}")
+        return TapeView(tape, None, read)
+
+
+def audit_backup(audit: Audit, view: TapeView, stream: Stream, night: str,
+                 record: dict) -> None:
+    """Check each archive of the night's backup record against the archive directory,
+    its own index, its bytes (tar backend) and the exposures on disk."""
+    duties = archive_duties(record)
     for archive in record.get("archives", []):
         name = str(archive.get("name"))
         listed = {str(expid) for expid in archive.get("exposures", [])}
-        if not listed:
-            continue
-        try:
-            held = exposures_in(tape.members(name), night)
-        except BackupError as err:
-            audit.problem(stream, night, f"backup archive {name} cannot be listed: {err}")
-            continue
-        for expid in sorted(listed - held):
-            audit.problem(stream, f"{night}/{expid}", f"the backup record says {name} holds"
-                                                      " it, but that archive does not")
+        if listed:
+            mine = {expid for expid in listed if duties.get(expid) == name}
+            audit_archive(audit, view, stream, night, name, listed, mine)
 
 
-def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None = None) -> None:
+def audit_archive(audit: Audit, view: TapeView, stream: Stream, night: str, name: str,
+                  listed: set[str], mine: set[str]) -> None:
+    """Check one archive of a night's record.
+
+    * the archive and its index are in the archive directory;
+    * its index (``htar -tvf`` on HPSS, ``NAME.idx`` with the tar backend) holds every
+      exposure the record says it holds;
+    * the exposures it must hold as on disk (`mine`) are there file by file: name and
+      size, and with the tar backend the SHA-256 of the bytes read from the tarball
+      against the exposure's checksum file;
+    * with the tar backend, the tarball read front to back holds exactly what its
+      index lists (a truncated or altered tarball); on HPSS, the archive is at least
+      as large as its members need (a truncated one).
+    """
+    tape = view.tape
+    present = None
+    if view.listing is not None:
+        present = name in view.listing
+        if not present:
+            audit.problem(stream, night, f"backup archive {name} is missing from"
+                                         f" {tape.location}")
+        if f"{name}.idx" not in view.listing:
+            audit.problem(stream, night, f"backup archive {name} has no {name}.idx in"
+                                         f" {tape.location}")
+    try:
+        members = tape.member_list(name)
+    except BackupError as err:
+        audit.problem(stream, night, f"backup archive {name} cannot be listed: {err}")
+        return
+    held = by_exposure(members, night)
+    for expid in sorted(listed - set(held)):
+        audit.problem(stream, f"{night}/{expid}", f"the backup record says {name} holds"
+                                                  " it, but that archive does not")
+    if present is False:
+        return  # its index alone says nothing of what is on tape
+    if present and view.listing is not None and tape.backup["backend"] == "htar":
+        need = minimal_tar_size(members)
+        if view.listing[name] < need:
+            audit.problem(stream, night, f"backup archive {name} is {view.listing[name]}"
+                                         f" bytes on tape, fewer than the {need} its"
+                                         " members need: truncated")
+    if view.read:
+        read = read_archive(audit, tape, stream, night, name, members)
+        if read is None:
+            return  # unreadable: said; its index alone would compare as if intact
+        held = by_exposure(read, night)
+    for expid in sorted(mine & set(held)):
+        checksum = stream.checksum_name(night, expid)
+        disk = exposure_on_disk(stream.destination_exposure(night, expid), checksum)
+        if disk is None:
+            continue  # the exposure's own audit says it is missing
+        for path, what in differences(disk, held[expid], name, checksum):
+            audit.problem(stream, f"{night}/{expid}", f"{path}: {what}")
+
+
+class _Interrupted(Exception):
+    """The audit was interrupted while a tape archive was being read."""
+
+
+def read_archive(audit: Audit, tape: Tape, stream: Stream, night: str, name: str,
+                 indexed: list[Member]) -> list[Member] | None:
+    """Read a tarball once, front to back, hashing every member; report where it
+    differs from its index. Returns its members with the digests of their bytes, or
+    None when it cannot be read to its end."""
+    expected = {member.name: member for member in indexed}
+    found: list[Member] = []
+    try:
+        with tape.read(name) as raw:
+            for member in scan_tar(raw):
+                if is_consistency_member(member.name):
+                    continue  # htar's own, not in its listing
+                found.append(member)
+                audit.read(member.size)
+                if audit.stopping.is_set():
+                    raise _Interrupted  # out of the stream at once (hsi is ended)
+                entry = expected.pop(member.name, None)
+                if entry is None:
+                    audit.problem(stream, night, f"backup archive {name}: {member.name}:"
+                                                 " in the tarball but not in its .idx")
+                elif entry.size != member.size or entry.sha256 not in (None, member.sha256):
+                    audit.problem(stream, night, f"backup archive {name}: {member.name}:"
+                                                 " differs from its .idx (size or SHA-256)")
+    except BackupError as err:
+        audit.problem(stream, night, f"backup archive {name} cannot be read: {err}")
+        return None
+    except _Interrupted:
+        return None  # the summary says the rest was not audited
+    for member in sorted(expected):
+        audit.problem(stream, night, f"backup archive {name}: {member}: listed in its"
+                                     " .idx but not in the tarball")
+    return found
+
+
+def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None = None,
+                 read_tape: bool = False) -> None:
     """Audit every night of `stream` (or only `night`), oldest first."""
     state = Path(config["state"])
     if night is not None:
@@ -418,13 +554,32 @@ def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None =
     else:
         nights = destination_nights(audit, stream) | state_nights(state, stream)
     tape = None if config["backup"]["backend"] == "none" else Tape(config, stream)
+    view = None
     unchecked = 0
-    for each in sorted(nights):
-        record = audit_night(audit, state, stream, each)
-        if record is not None and tape is not None:
-            audit_backup(audit, tape, stream, each, record)
-        elif record is not None:
-            unchecked += 1
+    # With more than one thread, a night's tape archives are read (one stream) while
+    # the next night's exposures are hashed: both reads at once, one night apart at most.
+    with ThreadPoolExecutor(max_workers=1) as tape_reader:
+        reading = None
+        try:
+            for each in sorted(nights):
+                record = audit_night(audit, state, stream, each)
+                if record is not None and tape is not None:
+                    view = view or tape_view(audit, tape, stream, read_tape)
+                    if reading is not None:
+                        reading.result()
+                    reading = None
+                    if audit.threads > 1:
+                        reading = tape_reader.submit(audit_backup, audit, view, stream,
+                                                     each, record)
+                    else:
+                        audit_backup(audit, view, stream, each, record)
+                elif record is not None:
+                    unchecked += 1
+            if reading is not None:
+                reading.result()
+        except BaseException:
+            audit.stopping.set()
+            raise
     if unchecked:
         print(f"audit: {stream.name}: backup.backend is none, so the backup records of"
               f" {unchecked} nights were not checked against their archives", file=sys.stderr)
@@ -471,6 +626,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream", help="audit this stream only")
     parser.add_argument("--threads", type=int,
                         help="files hashed in parallel (default: verify.threads)")
+    parser.add_argument("--read-tape", action="store_true",
+                        help="with the htar backend, also read every archive's bytes from"
+                             " HPSS (hsi get: a recall from tape) and check them against"
+                             " the checksum files, as the tar backend's always are")
     return parser.parse_args(argv)
 
 
@@ -500,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         for stream in streams:
-            audit_stream(audit, config, stream, args.night)
+            audit_stream(audit, config, stream, args.night, args.read_tape)
     except KeyboardInterrupt:
         print(f"{audit.summary(time.monotonic() - start)} (interrupted: the rest was not"
               " audited)", file=sys.stderr)

@@ -7,8 +7,12 @@ naming, e.g. ``desi/spectro/data/desi_spectro_data_20261128.tar``).
 
 1. List HPSSDIR (``hsi -O FILE ls -l``). Archives of the night that are complete there
    (``.tar`` *and* ``.tar.idx``) but in no record are adopted: their exposures are read
-   from their member lists (``htar -tvf``, or the tar backend's index), never assumed.
-   Exposures they lack go into the next supplementary archive, on the next run.
+   from their member lists (``htar -tvf``, or the tar backend's index), never assumed,
+   and compared with the exposures on disk, file by file (name and size; SHA-256 with
+   the tar backend). An exposure the archive holds in another version (written before
+   a catch-up swapped in a new one) is recorded ``outdated`` there, not as on tape.
+   Exposures they lack, or hold outdated, go into the next supplementary archive, on
+   the next run.
 2. Otherwise a final catch-up, user-write removed from the night's directories
    (``0o2550``), and ``htar -cvhf HPSSDIR/NAME.tar -H crc:verify=all NIGHT`` from the
    destination. A ``.tar`` left without its ``.idx`` by a failed attempt is written
@@ -21,18 +25,32 @@ Exposures installed after their night went to tape go into a supplementary archi
 exposures it holds.
 """
 
+import contextlib
 import logging
 import os
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.catch_up import CatchUpError, catch_up_night
 from scripts.commands import run
 from scripts.configuration import Stream, get_streams
-from scripts.hpss import BackupError, hsi_list, htar_command, htar_members, parse_htar_created
+from scripts.hpss import (
+    BackupError,
+    Member,
+    hsi_list,
+    hsi_stream_command,
+    htar_command,
+    htar_members,
+    parse_htar_created,
+)
 from scripts.job import run_job
 from scripts.markers import (
     marker_path,
@@ -45,6 +63,7 @@ from scripts.markers import (
     write_marker,
 )
 from scripts.permissions import DIR_MODE_BACKUP, set_tree_modes
+from scripts.tape_contents import by_exposure, differences, exposure_on_disk
 from scripts.tar_archive import archive_members, list_archives, write_archive
 from scripts.targets import not_backed_up
 
@@ -140,13 +159,23 @@ class Tape:
             return list_archives(self.directory)
         return hsi_list(self.backup["hpss_bin"], self.stream.hpss, self.backup["timeout"])
 
+    @property
+    def location(self) -> str:
+        """The archive directory, for messages: HPSSDIR, or the tar backend's directory."""
+        return str(self.directory) if self.backup["backend"] == "tar" else self.stream.hpss
+
     def members(self, name: str) -> list[str]:
-        """The regular files archive `name` holds, as stored in it.
+        """The paths of the regular files archive `name` holds (`member_list`)."""
+        return [member.name for member in self.member_list(name)]
+
+    def member_list(self, name: str) -> list[Member]:
+        """The regular files archive `name` holds, as stored in it, with their sizes.
 
         Paths are relative to the stream's destination, as archived from there
         (``20261127/00001234/desi-00001234.fits.fz``). Directories are *not* included,
-        nor htar's own consistency member. Read from the archive itself: ``htar -tvf
-        HPSSDIR/NAME`` (the index on tape), or the tar backend's index ``NAME.idx``.
+        nor htar's own consistency member. Read from the archive's own index: ``htar
+        -tvf HPSSDIR/NAME`` on HPSS, or the tar backend's index ``NAME.idx`` (which
+        holds each file's SHA-256 too).
 
         Raises
         ------
@@ -157,6 +186,71 @@ class Tape:
             return archive_members(self.directory, name)
         return htar_members(self.backup["hpss_bin"], f"{self.stream.hpss}/{name}",
                             self.backup["timeout"])
+
+    @contextlib.contextmanager
+    def read(self, name: str) -> Iterator[BinaryIO]:
+        """The bytes of archive `name`, front to back.
+
+        The tar backend's tarball; on HPSS, ``hsi -q get - : HPSSDIR/NAME`` (a recall
+        from tape unless HPSS still has the file on disk), within ``backup.timeout``.
+
+        Raises
+        ------
+        BackupError
+            The archive cannot be opened, or hsi failed or timed out.
+        """
+        if self.backup["backend"] == "tar":
+            try:
+                stream = open(self.directory / name, "rb", buffering=0)  # noqa: SIM115
+            except OSError as err:
+                raise BackupError(f"cannot open {self.directory / name}: {err.strerror}"
+                                  ) from None
+            with stream:
+                yield stream
+            return
+        command = hsi_stream_command(self.backup["hpss_bin"], f"{self.stream.hpss}/{name}")
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=errors)
+            except OSError as err:
+                raise BackupError(f"cannot run {command[0]}: {err.strerror}") from None
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
+                proc.kill()
+
+            timer = threading.Timer(self.backup["timeout"], expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                try:
+                    yield proc.stdout
+                except BackupError as failure:
+                    # An archive cut short may be hsi failing: its own word is better.
+                    try:
+                        returncode = proc.wait(timeout=2)
+                    except subprocess.TimeoutExpired:
+                        returncode = 0  # still sending: the archive itself is bad
+                    if not returncode:
+                        raise failure
+                else:
+                    while proc.stdout.read(1 << 20):  # what tar leaves after its end
+                        pass
+                    returncode = proc.wait()
+            finally:
+                timer.cancel()
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                proc.stdout.close()
+            if returncode:
+                errors.seek(0)
+                said = errors.read().decode(errors="replace").strip().splitlines()
+                why = (f"timed out after {self.backup['timeout']} s" if expired.is_set()
+                       else f"status {returncode}: {said[-1] if said else 'no message'}")
+                raise BackupError(f"{' '.join(command)} failed ({why})")
 
     def write(self, name: str, members: list[str]) -> list[str]:
         """Write archive `name` from `members` (paths relative to the destination).
@@ -180,17 +274,56 @@ class Tape:
         return parse_htar_created(result.stdout)
 
 
+def outdated_exposures(stream: Stream, night: str, name: str,
+                       held: dict[str, dict[str, Member]]) -> dict[str, list[str]]:
+    """The exposures archive `name` holds in a version other than the one on disk.
+
+    An archive written before a catch-up swapped in a new version of an exposure
+    lacks its late files (or holds other sizes or bytes). An exposure whose directory
+    is not on disk is not outdated: there is nothing else to archive.
+
+    Returns
+    -------
+    dict
+        EXPID → the differences, one line per file (for the log).
+    """
+    outdated = {}
+    for expid, files in sorted(held.items()):
+        checksum = stream.checksum_name(night, expid)
+        disk = exposure_on_disk(stream.destination_exposure(night, expid), checksum)
+        if disk is None:
+            continue
+        found = differences(disk, files, name, checksum)
+        if found:
+            outdated[expid] = [f"{path}: {what}" for path, what in found]
+    return outdated
+
+
 def adopt_archive(tape: Tape, stream: Stream, night: str, name: str,
                   listing: dict[str, int]) -> dict:
-    """The record of a complete archive found on tape without one, from its members."""
-    files = tape.members(name)
-    held = exposures_in(files, night)
+    """The record of a complete archive found on tape without one, from its members.
+
+    The exposures it holds as they are on disk are recorded as on tape; those it holds
+    in another version are recorded ``outdated`` and left for the next supplementary
+    archive.
+    """
+    files = tape.member_list(name)
+    held = by_exposure(files, night)
+    outdated = outdated_exposures(stream, night, name, held)
+    current = sorted(set(held) - set(outdated))
     log.info("%s/%s is on tape with its .idx and in no record: adopted, holding %d"
-             " exposure(s) of %s (%s).", stream.hpss, name, len(held), night,
-             ", ".join(sorted(held)) or "none")
-    return {"name": name, "path": f"{stream.hpss}/{name}", "size": listing[name],
-            "members": len(files), "exposures": sorted(held), "time": utc_timestamp(),
-            "adopted": True}
+             " exposure(s) of %s (%s).", stream.hpss, name, len(current), night,
+             ", ".join(current) or "none")
+    for expid, found in outdated.items():
+        log.warning("%s/%s holds %s/%s as it was before it changed on disk (%s): it goes"
+                    " into the night's next supplementary archive.", stream.hpss, name,
+                    night, expid, "; ".join(found[:5]) + ("; …" if len(found) > 5 else ""))
+    record = {"name": name, "path": f"{stream.hpss}/{name}", "size": listing[name],
+              "members": len(files), "exposures": current, "time": utc_timestamp(),
+              "adopted": True}
+    if outdated:
+        record["outdated"] = sorted(outdated)
+    return record
 
 
 def write_and_confirm(tape: Tape, stream: Stream, night: str, index: int,

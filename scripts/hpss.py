@@ -11,6 +11,7 @@ import os
 import posixpath
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.commands import run
@@ -20,6 +21,26 @@ log = logging.getLogger(__name__)
 
 class BackupError(Exception):
     """A backup step failed; the message is one line for the failure record."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One regular file of an archive, as the archive's own index describes it.
+
+    Attributes
+    ----------
+    name : str
+        As stored, relative to the destination (``20261127/00001234/x.fits.fz``).
+    size : int
+        Bytes.
+    sha256 : str or None
+        Hex digest where the backend records one (the ``tar`` backend's index); htar's
+        index holds a CRC only, which nothing outside htar can check, so None.
+    """
+
+    name: str
+    size: int
+    sha256: str | None = None
 
 
 def hpss_status(url: str, timeout: float) -> tuple[bool, str]:
@@ -121,7 +142,12 @@ def is_consistency_member(name: str) -> bool:
 
 
 def parse_htar_listing(text: str) -> list[str]:
-    """The regular files an ``htar -tv`` listing shows, in archive order.
+    """The names of the regular files an ``htar -tv`` listing shows (`parse_htar_members`)."""
+    return [member.name for member in parse_htar_members(text)]
+
+
+def parse_htar_members(text: str) -> list[Member]:
+    """The regular files an ``htar -tv`` listing shows, with their sizes, in archive order.
 
     Directories (mode ``d``, name ending in ``/``) and htar's consistency member are
     left out; other lines (``HTAR: Listing complete for …``, ``HTAR: HTAR
@@ -144,7 +170,7 @@ def parse_htar_listing(text: str) -> list[str]:
         if mode[0] == "l":
             name = name.split(" -> ", 1)[0]
         if mode[0] == "-" and not is_consistency_member(name):
-            files.append(name)
+            files.append(Member(name, int(match["size"])))
     return files
 
 
@@ -162,8 +188,8 @@ def parse_htar_created(text: str) -> list[str]:
     return files
 
 
-def htar_members(hpss_bin: str, archive: str, timeout: float) -> list[str]:
-    """The regular files of `archive` on tape (``htar -tvf``), as stored in it.
+def htar_members(hpss_bin: str, archive: str, timeout: float) -> list[Member]:
+    """The regular files of `archive` on tape (``htar -tvf``), as its index lists them.
 
     Raises
     ------
@@ -178,4 +204,17 @@ def htar_members(hpss_bin: str, archive: str, timeout: float) -> list[str]:
     if SUCCESS_LINE not in result.stdout.splitlines():
         raise BackupError(f"htar listed {archive} without {SUCCESS_LINE!r}: the listing may"
                           " be incomplete")
-    return parse_htar_listing(result.stdout)
+    return parse_htar_members(result.stdout)
+
+
+def hsi_stream_command(hpss_bin: str, path: str) -> list[str]:
+    """``hsi -q get - : PATH``: the file's bytes on stdout, read from HPSS (a recall from
+    tape when it is no longer in the disk cache)."""
+    return [os.path.join(hpss_bin, "hsi"), "-q", "get", "-", ":", path]
+
+
+def minimal_tar_size(members: list[Member]) -> int:
+    """The fewest bytes a tar file holding `members` can have: a 512-byte header and
+    the data padded to 512 bytes per member. A file on tape shorter than this is
+    truncated, whatever else its index says."""
+    return sum(512 + -(-member.size // 512) * 512 for member in members)

@@ -8,12 +8,14 @@ and expects exactly the line that names the tampering.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -260,9 +262,15 @@ def back_up(site: Site) -> None:
     assert site.record(NIGHT, None, "backedup")["archives"][0]["name"] == ARCHIVE
 
 
-def test_a_night_on_tape_passes_then_an_exposure_missing_from_its_archive_is_found(site):
-    tape = site.root / "tape"
-    site.config["backup"] = {"backend": "tar", "archive": str(tape), "hpss_status": ""}
+def tar_backend(site: Site) -> Path:
+    """Back up to the tar backend under the site; its archive directory."""
+    site.config["backup"] = {"backend": "tar", "archive": str(site.root / "tape"),
+                             "hpss_status": ""}
+    return site.root / "tape" / "desi/spectro/data"
+
+
+def test_a_night_on_tape_passes_then_an_exposure_missing_from_its_index_is_found(site):
+    tape = tar_backend(site)
     back_up(site)
     assert stat.S_IMODE((site.destination / NIGHT).stat().st_mode) == 0o2550
     assert stat.S_IMODE(site.installed(NIGHT, "00001102").stat().st_mode) == 0o2550
@@ -270,17 +278,152 @@ def test_a_night_on_tape_passes_then_an_exposure_missing_from_its_archive_is_fou
     result = audit(site.write_config())
     assert (result.returncode, result.stdout) == (0, b""), result.stdout
     assert snapshot(site.destination, site.state) == before
-    index = tape / "desi/spectro/data" / f"{ARCHIVE}.idx"
+    # Every byte is read twice: the data from the archive (checksum files are parsed,
+    # not counted), every file from the tarball.
+    files = [p for p in site.destination.rglob("*") if p.is_file()]
+    data = sum(p.stat().st_size for p in files if not p.name.startswith("checksum-"))
+    assert f"{data + sum(p.stat().st_size for p in files)} bytes read".encode() \
+        in result.stderr
+    index = tape / f"{ARCHIVE}.idx"
     index.write_text("".join(line for line in index.read_text().splitlines(keepends=True)
                              if "/00001102/" not in line))
     result = audit(site.config_file)
-    assert lines(result) == [f"{STREAM} {NIGHT}/00001102: the backup record says {ARCHIVE}"
-                             " holds it, but that archive does not"]
+    prefix = f"{STREAM} {NIGHT}: backup archive {ARCHIVE}: {NIGHT}/00001102/"
+    assert lines(result) == [
+        f"{STREAM} {NIGHT}/00001102: the backup record says {ARCHIVE} holds it, but that"
+        " archive does not",
+        *[f"{prefix}{name}-00001102{suffix}: in the tarball but not in its .idx"
+          for name, suffix in [("checksum", ".sha256sum"), ("desi", ".fits.fz"),
+                               ("guide", ".fits.fz"), ("sky", ".fits.fz")]]]
     assert result.returncode == 1
     index.unlink()
-    [line] = lines(audit(site.config_file))
+    [missing, line] = lines(audit(site.config_file))
+    assert missing == f"{STREAM} {NIGHT}: backup archive {ARCHIVE} has no {ARCHIVE}.idx in {tape}"
     assert line.startswith(f"{STREAM} {NIGHT}: backup archive {ARCHIVE} cannot be listed: ")
     assert line.endswith("is missing")
+
+
+def flip_in_file(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_the_tarball_itself_is_read_deleted_truncated_or_altered(site):
+    """The records and the index are intact each time: only the tarball changed."""
+    tape = tar_backend(site)
+    back_up(site)
+    tarball = tape / ARCHIVE
+    original = tarball.read_bytes()
+    assert audit(site.write_config()).returncode == 0
+    tarball.unlink()
+    result = audit(site.config_file)
+    assert lines(result) == [f"{STREAM} {NIGHT}: backup archive {ARCHIVE} is missing from"
+                             f" {tape}"]
+    assert result.returncode == 1
+    # Cut short in the middle of the last file: the members before it were whole.
+    with tarfile.open(fileobj=io.BytesIO(original)) as tar:
+        last = [m for m in tar.getmembers() if m.isfile()][-1]
+    tarball.write_bytes(original[:last.offset_data + last.size // 2])
+    [line] = lines(audit(site.config_file))
+    assert line.startswith(f"{STREAM} {NIGHT}: backup archive {ARCHIVE} cannot be read:"
+                           f" truncated in the data of {last.name} (")
+    # Cut at a member boundary: tar sees a shorter archive; the index does not.
+    tarball.write_bytes(original[:last.offset])
+    result = audit(site.config_file)
+    assert lines(result) == [f"{STREAM} {NIGHT}: backup archive {ARCHIVE}: {last.name}:"
+                             " listed in its .idx but not in the tarball",
+                             f"{STREAM} {NIGHT}/{last.name.split('/')[1]}:"
+                             f" {last.name.split('/', 2)[2]}: on disk but not in {ARCHIVE}"]
+    # One byte of a file's data flipped: the index's SHA-256 and the checksum file's.
+    tarball.write_bytes(original)
+    with tarfile.open(tarball) as tar:
+        desi = tar.getmember(f"{NIGHT}/00001101/desi-00001101.fits.fz")
+    flip_in_file(tarball, desi.offset_data + 100)
+    result = audit(site.config_file)
+    assert lines(result) == [
+        f"{STREAM} {NIGHT}: backup archive {ARCHIVE}: {desi.name}: differs from its .idx"
+        " (size or SHA-256)",
+        f"{STREAM} {NIGHT}/00001101: desi-00001101.fits.fz: content in {ARCHIVE} differs"
+        f" from {checksum('00001101')}"]
+
+
+def add_late_file(site: Site, expid: str) -> None:
+    """What a catch-up does to an installed exposure after its night went to tape
+    (the lead's own catch-up swaps a whole new copy in; the audit sees the same)."""
+    exposure = site.installed(NIGHT, expid)
+    os.chmod(exposure, 0o2750)
+    late = exposure / f"late-{expid}.fits.fz"
+    late.write_bytes(b"late" * 100)
+    os.chmod(late, 0o440)
+    listing = exposure / checksum(expid)
+    os.chmod(listing, 0o640)
+    with open(listing, "a") as f:
+        f.write(f"{hashlib.sha256(late.read_bytes()).hexdigest()}  {late.name}\n")
+    os.chmod(listing, 0o440)
+    os.chmod(exposure, 0o2550)
+
+
+@pytest.mark.parametrize("backend", ["tar", "htar"])
+def test_an_exposure_on_tape_lacking_a_file_on_disk_is_found(site, backend, request):
+    if backend == "tar":
+        tar_backend(site)
+    else:
+        request.getfixturevalue("tape")
+    back_up(site)
+    assert audit(site.write_config(), env=site.env).returncode == 0
+    listing = site.installed(NIGHT, "00001102") / checksum("00001102")
+    on_tape = listing.stat().st_size
+    add_late_file(site, "00001102")
+    result = audit(site.config_file, env=site.env)
+    assert lines(result) == [
+        f"{STREAM} {NIGHT}/00001102: {checksum('00001102')}: {on_tape} bytes in {ARCHIVE},"
+        f" {listing.stat().st_size} on disk",
+        f"{STREAM} {NIGHT}/00001102: late-00001102.fits.fz: on disk but not in {ARCHIVE}"]
+    assert result.returncode == 1
+
+
+def test_an_htar_archive_deleted_or_truncated_on_tape_is_found(site, tape):
+    back_up(site)
+    assert audit(site.write_config(), env=site.env).returncode == 0
+    tarball = tape / "desi/spectro/data" / ARCHIVE
+    original = tarball.read_bytes()
+    tarball.write_bytes(original[:len(original) // 3])
+    [line] = lines(audit(site.config_file, env=site.env))
+    assert line.startswith(f"{STREAM} {NIGHT}: backup archive {ARCHIVE} is"
+                           f" {len(original) // 3} bytes on tape, fewer than the ")
+    assert line.endswith(" its members need: truncated")
+    tarball.unlink()
+    result = audit(site.config_file, env=site.env)
+    assert lines(result) == [f"{STREAM} {NIGHT}: backup archive {ARCHIVE} is missing from"
+                             " desi/spectro/data"]
+    assert result.returncode == 1
+
+
+def test_read_tape_reads_an_htar_archive_s_bytes_through_hsi(site, tape):
+    """A flipped byte on tape keeps every size: only reading the bytes finds it, and
+    only with --read-tape, which recalls the archive (``hsi get - :``)."""
+    back_up(site)
+    config = site.write_config()
+    assert audit(config, "--read-tape", env=site.env).returncode == 0
+    tarball = tape / "desi/spectro/data" / ARCHIVE
+    with tarfile.open(tarball) as tar:
+        sky = tar.getmember(f"{NIGHT}/00001102/sky-00001102.fits.fz")
+    flip_in_file(tarball, sky.offset_data + 7)
+    assert audit(config, env=site.env).returncode == 0  # what htar exposes is intact
+    result = audit(config, "--read-tape", env=site.env)
+    assert lines(result) == [f"{STREAM} {NIGHT}/00001102: sky-00001102.fits.fz: content in"
+                             f" {ARCHIVE} differs from {checksum('00001102')}"]
+    assert result.returncode == 1
+    gets = [json.loads(line)["argv"] for line in (tape / ".calls.jsonl").read_text()
+            .splitlines() if json.loads(line)["prog"] == "hsi" and "get" in line]
+    assert gets[-1] == ["hsi", "-q", "get", "-", ":", f"desi/spectro/data/{ARCHIVE}"]
+    tarball.write_bytes(tarball.read_bytes()[:sky.offset_data + 10])
+    assert (f"{STREAM} {NIGHT}: backup archive {ARCHIVE} cannot be read: truncated in the"
+            f" data of {sky.name} (10 of {sky.size} bytes)"
+            in lines(audit(config, "--read-tape", env=site.env)))
 
 
 def test_a_backup_record_naming_an_exposure_not_on_tape_is_found(site, tape):

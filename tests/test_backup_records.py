@@ -7,8 +7,14 @@ adopted archives, a failed htar's retry and nights whose links left the mountain
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,16 @@ from test_night_workflow import htar_calls
 
 from scripts.backup import Tape, archive_name, exposures_in, plan_archives
 from scripts.configuration import Stream
-from scripts.hpss import BackupError, parse_htar_created, parse_htar_listing
+from scripts.hpss import (
+    BackupError,
+    Member,
+    minimal_tar_size,
+    parse_htar_created,
+    parse_htar_listing,
+    parse_htar_members,
+)
+from scripts.tape_contents import DiskFile, differences, exposure_on_disk
+from scripts.tar_archive import scan_tar
 from scripts.targets import NightState, marker_nights, night_exposures
 
 HPSS_DIR = "desi/spectro/data"
@@ -145,6 +160,111 @@ def test_tape_members_reads_an_archive_back(tmp_path, monkeypatch):
         assert sorted(written) == sorted(tape.members(tar_name())) == expected
         with pytest.raises(BackupError, match="cannot list"):
             tape.members(tar_name(index=1))
+
+
+def test_scan_tar_hashes_each_member_once_from_a_pipe_and_finds_truncation(tmp_path):
+    """Long names (pax headers), a size that is a multiple of 512 (no padding), an
+    empty file; read through a pipe as ``hsi get -`` would give it."""
+    contents = {f"{NIGHT}/00001234/{'long-' * 30}.fits": os.urandom(5000),
+                f"{NIGHT}/00001234/block.fits": os.urandom(1024),
+                f"{NIGHT}/00001234/empty": b"",
+                f"{NIGHT}/00001234/last.fits": os.urandom(70000)}
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        directory = tarfile.TarInfo(f"{NIGHT}/00001234")
+        directory.type = tarfile.DIRTYPE  # skipped: no data
+        tar.addfile(directory)
+        for name, data in contents.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    expected = [Member(n, len(d), hashlib.sha256(d).hexdigest()) for n, d in contents.items()]
+    with subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE) as cat:
+        assert list(scan_tar(cat.stdout)) == expected
+    data = path.read_bytes()
+    with tarfile.open(path) as tar:
+        last = tar.getmember(f"{NIGHT}/00001234/last.fits")
+    # Cut in a file's data, or in the padding after it: the members before were whole.
+    for cut, whole in ((last.offset_data + 100, 3), (last.offset_data + last.size + 10, 4)):
+        found = []
+        with pytest.raises(BackupError, match="truncated"):
+            found.extend(scan_tar(io.BytesIO(data[:cut])))
+        assert found == expected[:whole]
+    # Cut between two members, tar sees a shorter archive: the caller compares the
+    # members with the index.
+    assert list(scan_tar(io.BytesIO(data[:last.offset]))) == expected[:3]
+    with pytest.raises(BackupError, match="not a tar archive"):
+        list(scan_tar(io.BytesIO(b"x" * 2000)))
+
+
+def test_differences_name_each_file_the_archive_holds_otherwise():
+    disk = {"a.fits": DiskFile(10, "aa"), "b.fits": DiskFile(20, "bb"),
+            "c.fits": DiskFile(30, "cc"), "late.fits": DiskFile(5, "ll"),
+            "checksum.sha256sum": DiskFile(100, "ss")}
+    held = {"a.fits": Member("N/E/a.fits", 10),            # no digest (htar): size only
+            "b.fits": Member("N/E/b.fits", 21, "bb"),
+            "c.fits": Member("N/E/c.fits", 30, "xx"),
+            "gone.fits": Member("N/E/gone.fits", 1),
+            "checksum.sha256sum": Member("N/E/checksum.sha256sum", 100, "tt")}
+    assert differences(disk, held, "A.tar", "checksum.sha256sum") == [
+        ("b.fits", "21 bytes in A.tar, 20 on disk"),
+        ("c.fits", "content in A.tar differs from checksum.sha256sum"),
+        ("checksum.sha256sum", "content in A.tar differs from the file on disk"),
+        ("gone.fits", "in A.tar but not on disk"),
+        ("late.fits", "on disk but not in A.tar")]
+    same = {path: Member(f"N/E/{path}", f.size, f.sha256) for path, f in disk.items()}
+    assert differences(disk, same, "A.tar", "checksum.sha256sum") == []
+
+
+def test_exposure_on_disk_lists_regular_files_with_their_checksums(tmp_path):
+    exposure = tmp_path / "00001234"
+    (exposure / "sub").mkdir(parents=True)
+    (exposure / "a.fits").write_bytes(b"a" * 10)
+    (exposure / "sub" / "b.fits").write_bytes(b"b" * 20)
+    (exposure / "unlisted").write_bytes(b"u")
+    (exposure / "link").symlink_to("/etc/hostname")  # never followed, never listed
+    text = (f"{hashlib.sha256(b'a' * 10).hexdigest()}  a.fits\n"
+            f"{hashlib.sha256(b'b' * 20).hexdigest()}  sub/b.fits\n").encode()
+    (exposure / "checksum.sha256sum").write_bytes(text)
+    assert exposure_on_disk(exposure, "checksum.sha256sum") == {
+        "a.fits": DiskFile(10, hashlib.sha256(b"a" * 10).hexdigest()),
+        "sub/b.fits": DiskFile(20, hashlib.sha256(b"b" * 20).hexdigest()),
+        "unlisted": DiskFile(1),
+        "checksum.sha256sum": DiskFile(len(text), hashlib.sha256(text).hexdigest())}
+    assert exposure_on_disk(tmp_path / "00009999", "checksum.sha256sum") is None
+
+
+def test_htar_listing_sizes_and_the_least_size_of_a_tar():
+    members = parse_htar_members(LISTING)
+    assert [(m.size, m.sha256) for m in members] == [(3000, None), (105, None)]
+    assert minimal_tar_size(members) == 512 + 3072 + 512 + 512
+    assert minimal_tar_size([]) == 0
+
+
+def test_tape_read_streams_an_htar_archive_through_hsi_and_fails_in_one_line(
+        tmp_path, monkeypatch):
+    destination = tmp_path / "archive"
+    exposure = destination / NIGHT / "00001234"
+    exposure.mkdir(parents=True)
+    (exposure / "desi-00001234.fits.fz").write_bytes(b"x" * 1000)
+    monkeypatch.setenv("HPSS_ROOT", str(tmp_path / "hpss"))
+    backup = {"backend": "htar", "hpss_bin": str(EMULATOR), "timeout": 30}
+    tape = Tape({"backup": backup}, stream(destination))
+    tape.write(tar_name(), [NIGHT])
+    with tape.read(tar_name()) as raw:
+        found = [m for m in scan_tar(raw) if "HTAR_CF_CHK_" not in m.name]
+    assert found == [Member(f"{NIGHT}/00001234/desi-00001234.fits.fz", 1000,
+                            hashlib.sha256(b"x" * 1000).hexdigest())]
+    with pytest.raises(BackupError, match=r"status 72: \*\*\* hsi: .*No such file"), \
+            tape.read(tar_name(index=1)) as raw:
+        list(scan_tar(raw))
+    monkeypatch.setenv("HSI_HANG", "30")
+    backup["timeout"] = 1
+    start = time.monotonic()
+    with pytest.raises(BackupError, match="timed out after 1 s"), \
+            tape.read(tar_name()) as raw:
+        list(scan_tar(raw))
+    assert time.monotonic() - start < 10
 
 
 # ------------------------------------------------------------- the real workflow
@@ -316,3 +436,40 @@ def test_a_night_whose_links_left_the_mountain_is_caught_up_and_backed_up(site, 
     assert "Night 20261126 of stream" not in result.stderr  # still listed (00004310)
     jobs = planned_jobs(site.run("-n").stdout)
     assert not {"catch_up_night", "back_up_night", "back_up_late_exposures"} & set(jobs)
+
+
+def test_an_adopted_archive_written_before_a_catch_up_changed_the_night_is_completed(
+        site, archives):
+    """The night went to tape; then the state was lost, a late file reached the mountain,
+    and the catch-up swapped a new version of the exposure in. The archive adopted on
+    the next backup holds the old version: the record says so, and the exposure goes
+    into a supplementary archive, whole. The audit then finds the night as it is."""
+    files = {"desi-00004500.fits.fz": b"d" * 3000, "sky-00004500.fits.fz": b"s" * 300}
+    site.exposure("00004500", files=files)
+    site.exposure("00004501")
+    site.config["now"] = AFTER_BACKUP
+    site.run()
+    first = snapshot(archives / tar_name())
+    shutil.rmtree(site.state)
+    site.exposure("00004500", files={**files, "late-00004500.fits.fz": b"late" * 50})
+    site.run()
+    late = site.installed(NIGHT, "00004500") / "late-00004500.fits.fz"
+    assert late.read_bytes() == b"late" * 50  # the catch-up swapped the new version in
+    record = site.record(NIGHT, None, "backedup")
+    assert record["outcome"] == "adopted"
+    assert [(a["name"], a["exposures"], a.get("outdated")) for a in record["archives"]] == [
+        (tar_name(), ["00004501"], ["00004500"])]
+    assert record["not_on_tape"] == ["00004500"]
+    site.run()
+    record = site.record(NIGHT, None, "backedup")
+    assert [(a["name"], a["exposures"]) for a in record["archives"]] == [
+        (tar_name(), ["00004501"]), (tar_name(index=1), ["00004500"])]
+    assert record["exposures"] == ["00004500", "00004501"] and "not_on_tape" not in record
+    assert tar_files(archives / tar_name(index=1)) == [
+        f"{NIGHT}/00004500/{name}" for name in sorted(
+            ["checksum-00004500.sha256sum", *files, "late-00004500.fits.fz"])]
+    assert snapshot(archives / tar_name()) == first  # never overwritten
+    audit = subprocess.run([sys.executable, "-m", "scripts.audit", "--config",
+                            str(site.write_config())], capture_output=True, text=True,
+                           cwd=REPO, env=site.env, timeout=120)
+    assert (audit.returncode, audit.stdout) == (0, ""), audit.stdout
