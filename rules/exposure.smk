@@ -15,7 +15,7 @@ rule report_listing_failure:
     conda:
         "../envs/desitransfer.yaml"
     params:
-        reason=lambda wc: LISTING_ERRORS.get(wc.stream, "listing failed"),
+        reason=lambda wc: PLAN.unlisted.get(wc.stream, "listing failed"),
     shell:
         "echo {params.reason:q} | tee {log} >&2; exit 1"
 

@@ -1,0 +1,163 @@
+"""The planning decisions (scripts/plan.py) on hand-made observations: no file, no
+command, milliseconds each (issue #18)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from scripts.configuration import with_defaults
+from scripts.plan import NightStage, Observation, StreamObservation, make_plan
+from scripts.remote import Listing
+from scripts.targets import NightState
+
+S = "DESI_SPECTRO_DATA"
+NOW = dt.datetime(2026, 11, 28, 16, 0, tzinfo=dt.UTC)  # NIGHT due for catch-up and backup
+NIGHT = "20261127"
+
+
+def config(**changes) -> dict:
+    base = {"state": "/nonexistent", "streams": {}, "exposures_per_run": 3,
+            "backup": {"backend": "htar", "hpss_status": "http://x"},
+            "catchup_hour": 14, "backup_hour": 15}
+    return with_defaults({**base, **changes})
+
+
+def listing(*items: tuple[str, str], locked: bool = False) -> Listing:
+    return Listing(exposures=sorted(items), locked=locked)
+
+
+def seen(items, installed=(), held=(), caught_up=(), backups=None, marker_nights=(),
+         error=None) -> StreamObservation:
+    if items is None:
+        return StreamObservation(None, error)
+    nights = {}
+    for night, _ in [*items, *installed, *held]:
+        nights.setdefault(night, NightState())
+    for night, expid in installed:
+        nights[night].installed.add(expid)
+    for night, expid in held:
+        nights[night].held.add(expid)
+    return StreamObservation(listing(*items), nights=nights, marker_nights=tuple(marker_nights),
+                             caught_up=frozenset(caught_up), backups=backups or {})
+
+
+def observation(hpss=None, now=NOW, **streams) -> Observation:
+    return Observation(now, streams or {S: seen([])}, hpss)
+
+
+def test_nothing_pending():
+    plan = make_plan(config(), observation(), "exposures")
+    assert plan.exposures == () and plan.pending == 0 and not plan.draining
+
+
+def test_a_new_night_is_staged_and_its_stages_wait_until_it_is_due():
+    items = [("20261128", f"{i:08d}") for i in range(2)]
+    plan = make_plan(config(), observation(**{S: seen(items)}), None)
+    assert plan.exposures == tuple((S, n, e) for n, e in items)
+    assert plan.night_stages == ()  # 20261128 is not due before 2026-11-29
+
+
+def test_a_backlog_larger_than_one_run_drains_newest_night_first():
+    items = [("20261120", "00000001"), ("20261127", "00000002"), ("20261127", "00000003"),
+             ("20261126", "00000004"), ("20261125", "00000005")]
+    plan = make_plan(config(), observation(**{S: seen(items)}), "exposures")
+    assert [e for _, _, e in plan.exposures] == ["00000002", "00000003", "00000004"]
+    assert plan.pending == 5 and plan.draining
+    assert make_plan(config(), observation(**{S: seen(items)}), None).pending == 5
+    assert len(make_plan(config(), observation(**{S: seen(items)}), None).exposures) == 5
+
+
+def test_a_night_with_a_held_exposure_goes_on_without_it():
+    items = [(NIGHT, "00000001"), (NIGHT, "00000002")]
+    obs = observation(**{S: seen(items, installed=[(NIGHT, "00000001")],
+                                 held=[(NIGHT, "00000002")])})
+    plan = make_plan(config(), obs, "nights")
+    assert plan.exposures == ()
+    assert [s.stage for s in plan.night_stages] == ["caughtup", "backedup"]
+    assert plan.held == ((S, NIGHT, "00000002"),)
+    assert obs.night_expids(S, NIGHT) == ["00000001"]
+
+
+def test_the_night_lane_waits_for_a_night_still_transferring():
+    items = [(NIGHT, "00000001"), (NIGHT, "00000002")]
+    obs = observation(**{S: seen(items, installed=[(NIGHT, "00000001")])})
+    plan = make_plan(config(), obs, "nights")
+    assert plan.night_stages == ()
+    assert plan.waiting == ((S, NIGHT, "waiting for 1 exposure(s) to be installed"),)
+    # A run of everything plans the night's stages after the exposure (Snakemake orders).
+    assert len(make_plan(config(), obs, None).night_stages) == 2
+
+
+def test_a_night_whose_links_left_the_mountain_runs_from_the_state():
+    obs = observation(**{S: seen([], installed=[(NIGHT, "00000001")],
+                                 marker_nights=[NIGHT])})
+    plan = make_plan(config(), obs, "nights")
+    assert plan.night_stages == (NightStage(S, NIGHT, "caughtup", True),
+                                 NightStage(S, NIGHT, "backedup", True))
+
+
+def test_hpss_down_defers_the_backups_not_the_catch_up():
+    items = [(NIGHT, "00000001")]
+    stream = seen(items, installed=items)
+    first = make_plan(config(), observation(**{S: stream}), "nights")
+    assert first.wants_hpss
+    plan = make_plan(config(), observation(hpss=(False, "HPSS is down"), **{S: stream}),
+                     "nights")
+    assert [s.stage for s in plan.night_stages] == ["caughtup"]
+    assert [(s.stage, why) for s, why in plan.deferred] == [
+        ("backedup", "HPSS is down")]
+
+
+def test_a_checksum_lock_plans_nothing():
+    obs = Observation(NOW, {S: StreamObservation(listing((NIGHT, "00000001"), locked=True))})
+    plan = make_plan(config(), obs, None)
+    assert plan.locked and plan.exposures == () and plan.night_stages == ()
+
+
+def test_a_late_exposure_after_the_night_went_to_tape_gets_a_supplementary_archive():
+    items = [(NIGHT, "00000001"), (NIGHT, "00000002")]
+    history = [{"exposures": ["00000001"]}]
+    obs = observation(**{S: seen(items, installed=items, caught_up=[NIGHT],
+                                 backups={NIGHT: history})})
+    plan = make_plan(config(), obs, "nights")
+    assert plan.night_stages == (NightStage(S, NIGHT, "backedup.1"),)
+    done = observation(**{S: seen(items, installed=items, caught_up=[NIGHT],
+                                  backups={NIGHT: [{"exposures": ["00000001", "00000002"]}]})})
+    assert make_plan(config(), done, "nights").night_stages == ()
+
+
+def test_two_streams_and_one_that_cannot_be_listed():
+    other = "DESI_SPECTRO_OTHER"
+    obs = observation(**{S: seen([(NIGHT, "00000001")]),
+                         other: seen(None, error="desitransfer: stream other: no route")})
+    plan = make_plan(config(), obs, "exposures")
+    assert plan.exposures == ((S, NIGHT, "00000001"),)
+    assert plan.unlisted == {other: "desitransfer: stream other: no route"}
+    both = observation(**{S: seen([(NIGHT, "00000001")]), other: seen([(NIGHT, "00000009")])})
+    assert {s for s, _, _ in make_plan(config(), both, None).exposures} == {S, other}
+
+
+def test_a_bounded_drawing_leaves_out_the_nights_still_transferring():
+    items = [(NIGHT, "00000001"), (NIGHT, "00000002")]
+    obs = observation(**{S: seen(items, installed=[(NIGHT, "00000001")])})
+    plan = make_plan(config(), obs, None, bounded=True)
+    assert plan.exposures == ((S, NIGHT, "00000002"),) and plan.night_stages == ()
+
+
+def test_describe_says_what_each_lane_does():
+    from scripts.plan import describe
+
+    items = [(NIGHT, "00000001"), (NIGHT, "00000002"), ("20261120", "00000003")]
+    stream = seen(items, installed=[(NIGHT, "00000001")], held=[(NIGHT, "00000002")])
+    obs = observation(hpss=(False, "HPSS status is 'down'"), **{S: stream})
+    lines = describe({"exposures": make_plan(config(exposures_per_run=1), obs, "exposures"),
+                      "nights": make_plan(config(), obs, "nights")})
+    assert lines == [
+        "exposures lane: 1 exposure(s) this run, 0 more pending",
+        f"  {S} 20261120: 1 exposure(s) (00000003)",
+        "nights lane: 1 stage(s) this run",
+        f"  {S} {NIGHT} caughtup: due",
+        f"  {S} {NIGHT} backedup: deferred: HPSS status is 'down'",
+        f"  {S} 20261120: waiting for 1 exposure(s) to be installed",
+        f"held: 1 exposure(s): {S} {NIGHT}/00000002",
+    ]
