@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import TextIO
 
 from scripts.archive import WORKSPACE
-from scripts.backup import Tape
 from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import (
     ConfigurationError,
@@ -64,6 +63,7 @@ from scripts.configuration import (
 from scripts.hpss import BackupError, Member, is_consistency_member, minimal_tar_size
 from scripts.markers import marker_path, read_record
 from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
+from scripts.tape import Tape
 from scripts.tape_contents import by_exposure, differences, exposure_on_disk
 from scripts.tar_archive import scan_tar
 

@@ -521,7 +521,18 @@ def _hash_jobs(root: str, listing: ChecksumListing, tally: _Tally) -> list[tuple
 
 def _hash_all(root_fd: int, jobs: list[tuple[int, str, str]], listing: ChecksumListing,
               threads: int, tally: _Tally) -> None:
-    """Hash `jobs` with `threads` threads and compare each digest with the listing."""
+    """Hash `jobs` with `threads` threads and compare each digest with the listing.
+    One thread or one file is hashed here: a pool per exposure costs more than a
+    small file's hash (the audit walks thousands of exposures)."""
+    if threads == 1 or len(jobs) <= 1:
+        for _, name, rel in jobs:
+            try:
+                digest, count = _hash_below(root_fd, rel)
+            except OSError as error:
+                tally.bad(name, _error_text(error))
+                continue
+            _count(tally, listing, name, digest, count)
+        return
     with ThreadPoolExecutor(max_workers=threads) as pool:
         futures = [(name, pool.submit(_hash_below, root_fd, rel)) for _, name, rel in jobs]
         for name, future in futures:
@@ -530,10 +541,14 @@ def _hash_all(root_fd: int, jobs: list[tuple[int, str, str]], listing: ChecksumL
             except OSError as error:
                 tally.bad(name, _error_text(error))
                 continue
-            tally.files += 1
-            tally.bytes += count
-            if digest != listing.entries[name]:
-                tally.bad(name)
+            _count(tally, listing, name, digest, count)
+
+
+def _count(tally: _Tally, listing: ChecksumListing, name: str, digest: str, count: int) -> None:
+    tally.files += 1
+    tally.bytes += count
+    if digest != listing.entries[name]:
+        tally.bad(name)
 
 
 def _unlisted(listing: ChecksumListing, present: set[str]) -> list[str]:

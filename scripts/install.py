@@ -27,7 +27,7 @@ from scripts.configuration import Stream, get_streams
 from scripts.markers import marker_path, next_attempt, read_record, write_failure, write_marker
 from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove_pinned
 from scripts.permissions import DIR_MODE, lock_tree, locked_dir_mode
-from scripts.stage import staging_role, tree_size
+from scripts.copies import staging_role, tree_size
 
 log = logging.getLogger("install")
 

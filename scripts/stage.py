@@ -19,7 +19,6 @@ name the root cause ("no space left on device (staging, /path)"), not rsync's ec
 """
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,14 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.job import run_job
 from scripts.archive import recover
-from scripts.commands import CommandResult, run
+from scripts.commands import CommandResult
 from scripts.configuration import Stream, get_streams
+from scripts.copies import fetch, staging_role, tree_size
 from scripts.links import (
     LinkCheckError,
     UnreadableExposureError,
     UnsafeLinkError,
-    resolve_exposure,
-    same_exposure,
 )
 from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove_pinned
 from scripts.markers import (
@@ -46,61 +44,12 @@ from scripts.markers import (
     write_failure,
     write_marker,
 )
-from scripts.rsync import root_cause, rsync_command
+from scripts.rsync import root_cause
 
 log = logging.getLogger("stage")
 #: rsync's exit statuses that are not the exposure's fault: a connection that failed or
 #: stalled, and files that vanished while the mountain was changing them (24).
 TRANSIENT_STATUSES = {5, 10, 12, 14, 24, 30, 35, 255}
-
-
-def tree_size(top: str | os.PathLike) -> tuple[int, int]:
-    """Bytes and number of regular files below `top` (links followed to files)."""
-    total = files = 0
-    for dirpath, _, filenames in os.walk(top):
-        for name in filenames:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-                files += 1
-            except OSError:
-                continue
-    return total, files
-
-
-def staging_role(stream: Stream) -> str:
-    """How messages name the stream's staging area."""
-    return f"streams.{stream.name}.staging"
-
-
-def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Pinned, delete: bool,
-          copy_dest: Path | None = None) -> CommandResult:
-    """rsync one exposure from the mountain into `into`, after checking its links.
-
-    `into` is a staging copy or a side copy pinned by descriptor (scripts/own_dirs.py):
-    rsync starts in that very directory and writes relative to it, so no link planted
-    in staging can send it elsewhere. `copy_dest` (an installed exposure) is only read,
-    for the files that did not change.
-
-    Raises
-    ------
-    UnsafeLinkError
-        The exposure's links lead outside it (nothing is copied), or it changed while
-        it was copied (the copy in `into` must be thrown away).
-    UnreadableExposureError
-        Its directory cannot be read at the mountain.
-    LinkCheckError
-        The mountain could not be asked.
-    """
-    checked = resolve_exposure(remote, stream.source, night, expid, stream.data_root)
-    command = rsync_command(remote, checked.real, ".", delete=delete,
-                            copy_dest=str(copy_dest) if copy_dest else None)
-    result = run(command, timeout=remote["transfer_timeout"], cwd_fd=into.fd)
-    if result.ok:
-        # What was copied must be what was checked: asked again, the mountain must
-        # name the same directory, still with no link leading out.
-        same_exposure(checked, resolve_exposure(remote, stream.source, night, expid,
-                                                stream.data_root), night, expid)
-    return result
 
 
 def rsync_failure_reason(result: CommandResult, what: str) -> tuple[str, bool]:

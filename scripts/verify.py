@@ -30,16 +30,16 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.job import run_job
-from scripts.checksum import VerificationResult, verify_exposure
+from scripts.checksum import VerificationResult
 from scripts.configuration import Stream, get_streams
-from scripts.links import LinkCheckError, UnreadableExposureError, UnsafeLinkError
+from scripts.copies import Copy, shown, staging_role, verify_with_retries
+from scripts.links import UnsafeLinkError
 from scripts.markers import (
     failure_path,
     marker_path,
@@ -50,49 +50,8 @@ from scripts.markers import (
     write_marker,
 )
 from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove, remove_pinned
-from scripts.stage import fetch, staging_role
 
 log = logging.getLogger("verify")
-
-
-#: The copy being verified: the archive's (a path, only read) or a staging or side copy
-#: pinned by descriptor (fetched into, rebuilt).
-Copy = Path | Pinned
-
-
-def readable(copy: Copy) -> Path:
-    """A path that reads `copy` itself."""
-    return copy.path if isinstance(copy, Pinned) else copy
-
-
-def shown(copy: Copy) -> Path:
-    """`copy`'s path, for messages."""
-    return copy.shown if isinstance(copy, Pinned) else copy
-
-
-def refetch(config: dict, stream: Stream, night: str, expid: str, into: Pinned,
-            mismatched: list[str]) -> None:
-    """Remove the mismatched files from the copy `into` and fetch it again.
-
-    rsync's quick check (size and time) would keep a corrupted file of the right
-    size, so the bad copies are deleted first; rsync then fetches only those and the
-    missing ones. `into` is a staging or side copy, never the archive.
-
-    Raises
-    ------
-    UnsafeLinkError
-        The exposure's links now lead outside it: it must be held, never installed
-        by policy.
-    """
-    for name in mismatched:
-        (into.path / name).unlink(missing_ok=True)
-    try:
-        result = fetch(config["remote"], stream, night, expid, into, delete=True)
-    except (LinkCheckError, UnreadableExposureError) as err:
-        log.error("fetching %s/%s again failed: %s", night, expid, err)
-        return
-    if not result.ok:
-        log.error("fetching %s/%s again failed: %s", night, expid, result.describe())
 
 
 def copy_good_files(archive: Path, staging: Path, bad: set[str]) -> int:
@@ -112,47 +71,6 @@ def copy_good_files(archive: Path, staging: Path, bad: set[str]) -> int:
             os.chmod(staging / relative / name, 0o640)
             copied += 1
     return copied
-
-
-def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
-                        copy: Copy, threads: int, first: int = 1,
-                        record_failure: Callable | None = None,
-                        to_staging: Callable | None = None,
-                        ) -> tuple[VerificationResult, int, Copy]:
-    """Verify, fetching again what is wrong, until it passes or attempts run out.
-
-    `record_failure(result, attempt)` is called after each failed attempt, so that a
-    run killed in between leaves the count behind. When `copy` is the archive's,
-    `to_staging(result)` must give the pinned staging copy to fetch into instead.
-
-    Returns
-    -------
-    (VerificationResult, int, Copy)
-        The last result, the attempt number it came from, and the copy it verified
-        (staging, once an archive copy failed).
-
-    Raises
-    ------
-    UnsafeLinkError
-        From a refetch: the exposure's links lead outside it now.
-    """
-    max_attempts = config["verify"]["max_attempts"]
-    checksum_name = stream.checksum_name(night, expid)
-    attempt = first
-    while True:
-        result = verify_exposure(readable(copy), checksum_name, threads=threads)
-        if result.ok:
-            return result, attempt, copy
-        log.error("checksum error(s) detected for %s/%s (attempt %d of %d): %s",
-                  night, expid, attempt, max_attempts, result.reason())
-        if record_failure is not None:
-            record_failure(result, attempt)
-        if attempt >= max_attempts:
-            return result, attempt, copy
-        if not isinstance(copy, Pinned):
-            copy = to_staging(result)
-        refetch(config, stream, night, expid, copy, result.mismatched)
-        attempt += 1
 
 
 def apply_policy(config: dict, marker: Path, result: VerificationResult, location: str,

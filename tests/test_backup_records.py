@@ -21,7 +21,7 @@ import pytest
 from conftest import NIGHT, REPO, STREAM, planned_jobs
 from test_night_workflow import htar_calls
 
-from scripts.backup import Tape, archive_name, exposures_in, plan_archives
+from scripts.backup import archive_name, exposures_in, plan_archives
 from scripts.configuration import Stream
 from scripts.hpss import (
     BackupError,
@@ -31,6 +31,7 @@ from scripts.hpss import (
     parse_htar_listing,
     parse_htar_members,
 )
+from scripts.tape import Tape
 from scripts.tape_contents import DiskFile, differences, exposure_on_disk
 from scripts.tar_archive import scan_tar
 from scripts.targets import NightState, marker_nights, night_exposures

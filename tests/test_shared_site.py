@@ -273,7 +273,7 @@ def test_a_journal_of_a_swap_that_never_happened_records_no_update(site):
                "checksum_sha256": hashlib.sha256(checksum.read_bytes()).hexdigest(),
                "identity": [st.st_dev, st.st_ino]}
     site.marker(NIGHT, "00006080", "updating").write_text(json.dumps(journal))
-    from scripts.catch_up import finish_interrupted_updates
+    from scripts.updates import finish_interrupted_updates
 
     finish_interrupted_updates(config, stream, NIGHT)
     assert not site.marker(NIGHT, "00006080", "updated").exists()
