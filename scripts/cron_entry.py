@@ -99,6 +99,9 @@ def alert(config: dict, config_file: Path, state: Path, run_start: float,
     except OSError as err:  # the state's disk: log, never fail the transfer for it
         log.error("alerts not processed: %s", err)
         return
+    except Exception as err:  # noqa: BLE001 (the failure path itself must never raise)
+        log.exception("alerts not processed: %s: %s", type(err).__name__, err)
+        return
     if sent["new"] or sent["resolved"]:
         log.info("alerts: %d new, %d resolved", sent["new"], sent["resolved"])
 
@@ -108,7 +111,7 @@ def current_problems(config: dict, refused: str | None) -> list:
     code cannot read either, at least the run's own problems (the refusal itself)."""
     try:
         return all_problems(config, get_now(config))
-    except (ConfigurationError, KeyError, TypeError, ValueError):
+    except Exception:  # a refused value (lookback_nights: 10000000) may break any reader
         if refused is None:
             raise
         return run_problems(config)

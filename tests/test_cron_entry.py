@@ -228,3 +228,17 @@ def test_ssh_without_batchmode_gets_it(site, sshd):
     assert result.returncode == 0, result.stderr
     assert site.installed(NIGHT, "00004080").is_dir()
     assert os.path.exists(site.state / ".listing" / "DESI_SPECTRO_DATA.json")
+
+
+def test_configuration_refused_by_a_range_ends_in_one_line_and_one_mail(site, mailbox):
+    # A value the schema refuses can still break what runs after the refusal (the
+    # status rebuild's date arithmetic): the failure path must never raise.
+    with_alerts(site, mailbox)
+    site.config["lookback_nights"] = 10000000
+    result = cron(site)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Traceback" not in cron_log(site)
+    refusals = [line for line in result.stderr.splitlines() if "lookback_nights" in line]
+    assert len(refusals) == 1 and "maximum of 3660" in refusals[0]
+    assert mailbox.subjects() == [f"[desitransfer] all streams {site.config_file}:"
+                                  " configuration failed"]

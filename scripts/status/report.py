@@ -173,7 +173,8 @@ def rebuild_after_run(config: dict) -> str:
                 f" status page: {files[-1].absolute()}")
         log.info(line)
         return line
-    except (OSError, KeyError, TypeError, ValueError) as err:
+    except (OSError, KeyError, TypeError, ValueError, ArithmeticError) as err:
+        # ArithmeticError: a date out of range from a refused value (lookback_nights)
         line = (f"Status files NOT rebuilt ({type(err).__name__}: {err}); the transfers are"
                 " not affected. Fix it, then run: python -m scripts.status --write")
         log.error(line)
