@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scripts.commands import CommandResult, run
-from scripts.markers import write_json_atomic
+from scripts.markers import valid_expid, valid_night, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,10 @@ def parse_record(record: str, prefix: str) -> tuple[str, str, float] | str:
     """One record of the listing (not the lock record): the exposure it publishes, or
     the path to report as malformed.
 
-    Only ``EPOCH PREFIX/NIGHT/EXPID`` with NIGHT and EXPID in ASCII digits is an
-    exposure: a name with a newline, a carriage return, any other control character or
-    a byte that is not UTF-8 is malformed, whatever it ends with.
+    Only ``EPOCH PREFIX/NIGHT/EXPID`` with NIGHT and EXPID in ASCII digits, NIGHT a
+    real date (`scripts.markers.valid_night`), is an exposure: a name with a newline,
+    a carriage return, any other control character or a byte that is not UTF-8 is
+    malformed, whatever it ends with.
 
     Returns
     -------
@@ -123,7 +124,8 @@ def parse_record(record: str, prefix: str) -> tuple[str, str, float] | str:
     stamped = RECORD_RE.fullmatch(record)
     path = stamped.group(2) if stamped else record
     match = LINK_RE.fullmatch(path[len(prefix):]) if path.startswith(prefix) else None
-    if stamped is None or match is None:
+    # An impossible date (20261131) is as malformed as any other name.
+    if stamped is None or match is None or not valid_night(match.group(1)):
         return path
     night, expid = match.groups()
     return night, expid, float(stamped.group(1))
@@ -277,7 +279,7 @@ def _read_cache(path: Path, key: dict, max_age: float) -> Listing | None:
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if not all(LINK_RE.fullmatch(f"{night}/{expid}") for night, expid in exposures):
+    if not all(valid_night(night) and valid_expid(expid) for night, expid in exposures):
         return None
     return listing
 

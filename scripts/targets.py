@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.markers import FAILED, read_record
+from scripts.markers import FAILED, read_record, valid_night
 
 
 @dataclass
@@ -93,8 +93,7 @@ def marker_nights(state: str | os.PathLike, stream: str, first_night: str) -> li
     with entries:
         return sorted(
             e.name for e in entries
-            if len(e.name) == 8 and e.name.isascii() and e.name.isdigit()
-            and e.name >= first_night and e.is_dir()
+            if valid_night(e.name) and e.name >= first_night and e.is_dir()
         )
 
 
