@@ -40,7 +40,7 @@ from scripts.alerts import send_alerts
 from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
 from scripts.joblog import file_handler
 from scripts.status.problems import all_problems, run_problems
-from scripts.status.report import rebuild_after_run
+from scripts.status.report import page_shows, rebuild_after_run
 from scripts.status.run_records import count_unreachable, listing_failures, record_configuration
 from scripts.lanes import ENV_LANE, ENV_RUN, activity_path, finish_activity, new_run_id
 from scripts.markers import read_record
@@ -95,6 +95,10 @@ def alert(config: dict, config_file: Path, state: Path, run_start: float,
         if refused:  # Snakemake stopped before it could rebuild the page: show it there
             log.info(rebuild_after_run(config))
         problems = current_problems(config, refused)
+        if not refused and not page_shows(config, problems):
+            # a problem no run's records changed (a stale checksum lock, a stalled
+            # lane) or one that cleared: the page must say what the mail says
+            log.info(rebuild_after_run(config))
         sent = send_alerts(state, config["alerts"], problems)
     except OSError as err:  # the state's disk: log, never fail the transfer for it
         log.error("alerts not processed: %s", err)

@@ -21,6 +21,9 @@ backup (``NIGHT.backedup[.N].failed``)
 listing
     the mountain unreachable for ``alerts.unreachable_runs`` consecutive runs, and
     each malformed link.
+checksum lock
+    the mountain's checksum lock older than ``remote.checksum_lock_max_age``: nothing
+    is transferred while it exists, so an abandoned one stops every stream.
 configuration
     a refused configuration (nothing runs until it is fixed).
 any record with ``exception``
@@ -50,7 +53,8 @@ from scripts.status.run_records import configuration_path, unreachable_path
 #: The words a person reads for each stage.
 LABELS = {"staged": "staging", "checksummed": "verification", "installed": "install",
           "updated": "catch-up", "caughtup": "catch-up", "backedup": "backup",
-          "listing": "listing", "configuration": "configuration"}
+          "listing": "listing", "configuration": "configuration",
+          "checksum_lock": "checksum lock", "lane": "lane run"}
 ALL_STREAMS = "all streams"
 STALE_ACTION = "back it up by hand or raise lookback_nights"
 
@@ -236,7 +240,38 @@ def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> 
             runs, unreachable.get("since", ""),
             "check the host, the network and the ssh keys; transfers resume by themselves",
             str(unreachable_path(state)), subject_item=printable(host)))
-    return out
+    lock = checksum_lock_problem(config)
+    return out if lock is None else [*out, lock]
+
+
+def checksum_lock_problem(config: dict) -> Problem | None:
+    """The mountain's checksum lock, when the last listing of any stream found it older
+    than ``remote.checksum_lock_max_age``; the work stays held back while it exists."""
+    remote, state, streams = config.get("remote"), config["state"], config.get("streams")
+    # Also read after a refused configuration: whatever it holds, no exception here.
+    if not (isinstance(remote, dict) and isinstance(streams, dict)):
+        return None
+    limit = remote.get("checksum_lock_max_age")
+    if type(limit) is not int:
+        return None
+    oldest, where = None, None
+    for stream in streams:
+        path = listing_cache_path(state, stream)
+        listing = read_record(path) or {}
+        age = listing.get("lock_age")
+        if (listing.get("locked") and isinstance(age, (int, float)) and age > limit
+                and (oldest is None or age > oldest)):
+            oldest, where = age, path
+    if oldest is None:
+        return None
+    host, lock = str(remote.get("host", "?")), str(remote.get("checksum_lock", "?"))
+    return Problem(
+        ALL_STREAMS, "", None, "checksum_lock",
+        printable(f"the checksum lock {lock} has existed on {host} for {oldest / 3600:.1f} h"
+                  f" ({oldest:.0f} s, more than remote.checksum_lock_max_age, {limit} s):"
+                  " nothing is transferred while it exists"),
+        "", "", "check the checksum job at the mountain; if it died, remove its lock there:"
+        " transfers resume by themselves", str(where), subject_item=printable(f"{host}:{lock}"))
 
 
 def all_problems(config: dict, now: dt.datetime) -> list[Problem]:
