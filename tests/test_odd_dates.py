@@ -84,3 +84,14 @@ def test_impossible_dates_at_the_mountain_and_in_the_state_stop_nothing(site, tm
     assert sorted(year) == [NIGHT]
     # A second run does nothing new and still does not fail.
     site.run()
+
+
+def test_a_stray_name_in_a_night_of_the_state_is_no_exposure(tmp_path):
+    from scripts.targets import scan_night
+
+    night = tmp_path / STREAM / NIGHT
+    night.mkdir(parents=True)
+    for name in ("00001000.installed", "1000.installed", "0000100x.installed",
+                 "--help.installed", ".installed"):
+        (night / name).write_text("{}")
+    assert scan_night(tmp_path, STREAM, NIGHT).installed == {"00001000"}
