@@ -97,7 +97,8 @@ def valid_year_data(data: Any) -> bool:
     if not isinstance(data, dict):
         return False
     for night, exposures in data.items():
-        if not (valid_night(night) and isinstance(exposures, dict)):
+        # Eight digits: a night that is no date (20261131) is dropped, not the file.
+        if not (len(night) == 8 and night.isdigit() and isinstance(exposures, dict)):
             return False
         for expid, rows in exposures.items():
             if not (expid.isdigit() and isinstance(rows, list)):
@@ -181,7 +182,7 @@ def _existing_rows(path: Path, written: dict[str, str]) -> dict | None:
 
 def _legacy_nights(path: Path) -> dict[str, dict]:
     raw = read_record(path.with_name(path.name + ".orig"))
-    return raw if valid_year_data(raw) else {}
+    return {n: e for n, e in raw.items() if valid_night(n)} if valid_year_data(raw) else {}
 
 
 def backup_path(path: Path) -> Path:
@@ -195,7 +196,7 @@ def _held_nights(path: Path, year: str) -> dict[str, dict]:
     for candidate in (path, backup_path(path)):
         data = read_record(candidate)
         if valid_year_data(data):
-            return {n: e for n, e in data.items() if n.startswith(year)}
+            return {n: e for n, e in data.items() if n.startswith(year) and valid_night(n)}
     return {}
 
 
