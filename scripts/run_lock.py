@@ -79,7 +79,8 @@ def _open_private(path: Path, lane: str) -> int:
             if err.errno == errno.ELOOP:
                 raise RunLockRefused(f"{path} is a symbolic link, not the {lane} lane's lock"
                                      f" file; {fix}") from None
-            raise
+            raise RunLockRefused(f"{path}: cannot open the {lane} lane's lock file"
+                                 f" ({err.strerror}); {fix}") from None
     finally:
         os.close(directory)
     info = os.fstat(fd)
