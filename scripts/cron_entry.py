@@ -39,12 +39,19 @@ from scripts import __version__
 from scripts.alerts import send_alerts
 from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
 from scripts.joblog import file_handler
-from scripts.status.problems import all_problems, run_problems
-from scripts.status.report import rebuild_after_run
+from scripts.status.problems import all_problems, lane_problems, run_problems
+from scripts.status.report import page_shows, rebuild_after_run
 from scripts.status.run_records import count_unreachable, listing_failures, record_configuration
-from scripts.lanes import ENV_LANE, ENV_RUN, activity_path, finish_activity, new_run_id
+from scripts.lanes import (
+    ENV_LANE,
+    ENV_RUN,
+    activity_path,
+    finish_activity,
+    new_run_id,
+    note_busy,
+)
 from scripts.markers import read_record
-from scripts.run_lock import ENV_FD, LANES, lock_path, try_lock
+from scripts.run_lock import ENV_FD, LANES, RunLockRefused, lock_path, try_lock
 
 log = logging.getLogger("desitransfer.cron")
 #: Snakemake's own run logs kept in .snakemake/log.
@@ -95,9 +102,16 @@ def alert(config: dict, config_file: Path, state: Path, run_start: float,
         if refused:  # Snakemake stopped before it could rebuild the page: show it there
             log.info(rebuild_after_run(config))
         problems = current_problems(config, refused)
+        if not refused and not page_shows(config, problems):
+            # a problem no run's records changed (a stale checksum lock, a stalled
+            # lane) or one that cleared: the page must say what the mail says
+            log.info(rebuild_after_run(config))
         sent = send_alerts(state, config["alerts"], problems)
     except OSError as err:  # the state's disk: log, never fail the transfer for it
         log.error("alerts not processed: %s", err)
+        return
+    except Exception as err:  # noqa: BLE001 (the failure path itself must never raise)
+        log.exception("alerts not processed: %s: %s", type(err).__name__, err)
         return
     if sent["new"] or sent["resolved"]:
         log.info("alerts: %d new, %d resolved", sent["new"], sent["resolved"])
@@ -108,7 +122,7 @@ def current_problems(config: dict, refused: str | None) -> list:
     code cannot read either, at least the run's own problems (the refusal itself)."""
     try:
         return all_problems(config, get_now(config))
-    except (ConfigurationError, KeyError, TypeError, ValueError):
+    except Exception:  # a refused value (lookback_nights: 10000000) may break any reader
         if refused is None:
             raise
         return run_problems(config)
@@ -226,10 +240,16 @@ def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: li
     results: list[subprocess.CompletedProcess] = []
     exposures_started = None  # when this invocation's last exposure-lane run started
     for lane in lanes:
-        lock = try_lock(state, lane)
+        try:
+            lock = try_lock(state, lane)
+        except RunLockRefused as err:  # cron mails it; the lane's stall is alerted too
+            log.error("the %s lane does not run: %s", lane, err)
+            results.append(subprocess.CompletedProcess([], 1, "", f"desitransfer: {err}\n"))
+            continue
         if lock is None:
             log.info("another run holds %s; the %s lane is busy, skipping it.",
                      lock_path(state, lane), lane)
+            note_busy(state, lane)
             continue
         with lock:
             if lane == "exposures":
@@ -296,6 +316,10 @@ def main(argv: list[str]) -> int:
     results = run_lanes(state, list(config.get("streams") or {}),
                         [only_lane] if only_lane else LANES, command, kill_file, invocation)
     if not results:
+        # Every lane busy: nothing new, unless a lane has been busy for too long (a
+        # hung run, a lock held by someone else): that must not go unnoticed.
+        if lane_problems(config):
+            alert(config, config_file, state, run_start, "")
         return 0
     prune_snakemake_logs(Path.cwd())
     alert(config, config_file, state, run_start, "\n".join(r.stderr for r in results))

@@ -10,7 +10,10 @@ Every run of a lane leaves a small activity record, ``STATE/.lanes/LANE.json``: 
 it started, on what (the exposures and night stages it planned), how old its listing
 was, and when it ended. `lane_activity` reads them for the status page and command;
 a run killed with SIGKILL never records its end, and is recognisable because its
-lane's lock is free.
+lane's lock is free. ``last_finished`` says when a run of the lane last ended, whoever
+ran it and however it ended; a lane with no run ended for longer than its time limit
+(`scripts.time_limits.lane_seconds`) is stalled (`stalled_lanes`): a hung run, or a
+lock held by something else, is a problem that needs a person.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.markers import read_record, utc_timestamp, write_json_atomic
-from scripts.run_lock import LANE_DIRECTORY, LANES, is_locked
+from scripts.run_lock import LANE_DIRECTORY, LANES, is_locked, lock_holder, lock_path
 
 ENV_LANE = "DESITRANSFER_LANE"
 #: The run a parse belongs to: the listing cache serves only parses of the same run.
@@ -94,27 +97,89 @@ def start_activity(state: str | os.PathLike, lanes: Iterable[str], run: str,
               "started": utc_timestamp(), **plan}
     lanes = list(lanes)
     for lane in lanes:
-        write_json_atomic(activity_path(state, lane), {"lane": lane, **record})
+        ended = last_end(read_record(activity_path(state, lane)) or {})
+        write_json_atomic(activity_path(state, lane), {
+            "lane": lane, **record, **({"last_finished": ended} if ended else {})})
     atexit.register(finish_activity, state, lanes, run)
 
 
 def finish_activity(state: str | os.PathLike, lanes: Iterable[str], run: str,
                     returncode: int | None = None) -> None:
     """Record the end of run `run` in the activity record of each of `lanes` (and its
-    exit status when known: the cron entry adds it). A record of another run is left
-    alone; errors are ignored (this is a note, never a reason to fail a transfer)."""
+    exit status when known: the cron entry adds it). Of a record of another run (a
+    run that stopped before it started its jobs: a refused configuration, no
+    listing) only ``last_finished`` changes: the lane is not stuck. Errors are ignored
+    (this is a note, never a reason to fail a transfer)."""
     for lane in lanes:
         path = activity_path(state, lane)
-        record = read_record(path)
-        if not record or record.get("run") != run:
-            continue
-        record.setdefault("finished", utc_timestamp())
-        if returncode is not None:
-            record["returncode"] = returncode
+        record = read_record(path) or {"lane": lane}
+        now = utc_timestamp()
+        record["last_finished"] = now
+        if record.get("run") == run:
+            record.setdefault("finished", now)
+            if returncode is not None:
+                record["returncode"] = returncode
         try:
             write_json_atomic(path, record)
         except OSError:
             pass
+
+
+def last_end(record: dict) -> str | None:
+    """When a run of the lane last ended, from its activity record (UTC ISO), or None."""
+    ends = [t for t in (record.get("last_finished"), record.get("finished"))
+            if isinstance(t, str)]
+    return max(ends, default=None)
+
+
+def note_busy(state: str | os.PathLike, lane: str) -> None:
+    """Remember when the cron entry first found `lane` busy before any run of it left
+    a record: a lock held from the start must not go unnoticed."""
+    path = activity_path(state, lane)
+    if read_record(path) is None:
+        try:
+            write_json_atomic(path, {"lane": lane, "busy_since": utc_timestamp()})
+        except OSError:
+            pass
+
+
+def _epoch(text: object) -> float | None:
+    try:
+        return dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def stalled_lanes(state: str | os.PathLike, limits: dict[str, float],
+                  now: float) -> list[dict]:
+    """The lanes no run of which has ended for longer than their limit.
+
+    Parameters
+    ----------
+    limits : dict
+        Lane → its time limit in seconds (`scripts.time_limits.lane_seconds`).
+    now : float
+        Epoch seconds (the real clock: the records are written by it).
+
+    Returns
+    -------
+    list of dict
+        One per stalled lane: ``lane``, ``since`` (the last end, else the first start
+        or the first time the lane was found busy), ``seconds`` (since then),
+        ``limit``, ``lock`` (its path) and ``holder`` (the pid holding the lock, or
+        None when it is free).
+    """
+    out = []
+    for lane, limit in limits.items():
+        record = read_record(activity_path(state, lane)) or {}
+        since = last_end(record) or record.get("started") or record.get("busy_since")
+        then = _epoch(since) if since else None
+        if then is None or now - then <= limit:
+            continue
+        out.append({"lane": lane, "since": since, "seconds": now - then, "limit": limit,
+                    "lock": str(lock_path(state, lane)), "holder": lock_holder(state, lane)})
+    return out
 
 
 def lane_activity(state: str | os.PathLike) -> list[dict]:
@@ -138,7 +203,7 @@ def lane_activity(state: str | os.PathLike) -> list[dict]:
         locked = is_locked(state, lane)
         if locked:
             status = "running" if record and "finished" not in record else "starting"
-        elif not record:
+        elif not record.get("run"):  # only a note of when runs ended, or none
             status = "never"
         else:
             status = "idle" if "finished" in record else "killed"

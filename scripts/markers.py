@@ -20,6 +20,34 @@ EXPOSURE_STAGES = ("staged", "checksummed", "installed")
 #: Night-level stages, in order.
 NIGHT_STAGES = ("caughtup", "backedup")
 FAILED = ".failed"
+#: The years a night may have: a night outside them is a typo or a forgery.
+NIGHT_YEARS = (1970, 2999)
+
+
+def valid_night(night: object) -> bool:
+    """Whether `night` is a night: ``YYYYMMDD`` in ASCII digits, a real calendar date
+    (not ``20261131`` nor ``20260230``) in `NIGHT_YEARS`.
+
+    The one check for every night that enters the workflow: from the mountain's
+    listing, from the state's directories and records, from the status files. A name
+    that fails it is malformed, skipped and reported, and can never break a date
+    computation downstream.
+    """
+    if not (isinstance(night, str) and len(night) == 8 and night.isascii() and night.isdigit()):
+        return False
+    year, month, day = int(night[:4]), int(night[4:6]), int(night[6:])
+    if not NIGHT_YEARS[0] <= year <= NIGHT_YEARS[1]:
+        return False
+    try:
+        dt.date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+def valid_expid(expid: object) -> bool:
+    """Whether `expid` is an exposure id: 8 ASCII digits."""
+    return isinstance(expid, str) and len(expid) == 8 and expid.isascii() and expid.isdigit()
 
 
 def marker_path(

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scripts.commands import CommandResult, run
-from scripts.markers import write_json_atomic
+from scripts.markers import valid_expid, valid_night, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ RECORD_RE = re.compile(r"(-?[0-9]+(?:\.[0-9]*)?) (.*)", re.DOTALL)
 #: can split a record in two (a newline can; that would let a name invent an exposure).
 SEPARATOR = "\0"
 LOCK_LINE = "CHECKSUM-LOCK-PRESENT"
+#: The lock record's stamps: the mountain's clock now, and the lock's mtime.
+LOCK_RE = re.compile(r"([0-9]+) (-?[0-9]+(?:\.[0-9]*)?)")
 #: Bumped when the cached form of a listing changes: an older cache is a cache miss.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 LOCAL = "local"
 
 
@@ -48,6 +50,9 @@ class Listing:
     exposures: list[tuple[str, str]] = field(default_factory=list)  # (night, expid), sorted
     malformed: list[str] = field(default_factory=list)
     locked: bool = False
+    #: How long the checksum lock has existed (seconds, by the mountain's clock), when
+    #: it exists and its age could be read.
+    lock_age: float | None = None
     #: "NIGHT/EXPID" -> when the link appeared at the mountain (epoch seconds, its mtime)
     published: dict[str, float] = field(default_factory=dict)
 
@@ -76,12 +81,26 @@ def listing_script(source: str, checksum_lock: str) -> str:
 
     Both go in one ssh call: one round trip, one failure to interpret. Every record
     ends with NUL, never a newline: a name at the mountain may hold a newline (and
-    then could end in text that looks like another link), it can never hold NUL.
+    then could end in text that looks like another link), it can never hold NUL. The
+    lock record is ``CHECKSUM-LOCK-PRESENT NOW MTIME`` (epoch seconds by the
+    mountain's clock, so a skewed clock here does not age it), written by one printf:
+    a lock that vanishes in between leaves MTIME empty, never an unterminated record.
     """
+    lock = shlex.quote(checksum_lock)
     return (
-        f"if test -e {shlex.quote(checksum_lock)}; then printf '%s\\000' {LOCK_LINE}; fi; "
+        f"if test -e {lock}; then printf '%s %s %s\\000' {LOCK_LINE} \"$(date +%s)\" "
+        f"\"$(find {lock} -maxdepth 0 -printf %T@ 2>/dev/null)\"; fi; "
         f"find {shlex.quote(source.rstrip('/') or '/')} -type l -printf '%T@ %p\\0'"
     )
+
+
+def lock_age(record: str) -> float | None:
+    """The checksum lock's age from its record (see `listing_script`), or None when the
+    record carries no readable stamps (the lock vanished meanwhile, an old script)."""
+    stamps = LOCK_RE.fullmatch(record[len(LOCK_LINE):].strip())
+    if stamps is None:
+        return None
+    return max(0.0, float(stamps.group(1)) - float(stamps.group(2)))
 
 
 def printable_path(name: str) -> str:
@@ -109,9 +128,10 @@ def parse_record(record: str, prefix: str) -> tuple[str, str, float] | str:
     """One record of the listing (not the lock record): the exposure it publishes, or
     the path to report as malformed.
 
-    Only ``EPOCH PREFIX/NIGHT/EXPID`` with NIGHT and EXPID in ASCII digits is an
-    exposure: a name with a newline, a carriage return, any other control character or
-    a byte that is not UTF-8 is malformed, whatever it ends with.
+    Only ``EPOCH PREFIX/NIGHT/EXPID`` with NIGHT and EXPID in ASCII digits, NIGHT a
+    real date (`scripts.markers.valid_night`), is an exposure: a name with a newline,
+    a carriage return, any other control character or a byte that is not UTF-8 is
+    malformed, whatever it ends with.
 
     Returns
     -------
@@ -123,7 +143,8 @@ def parse_record(record: str, prefix: str) -> tuple[str, str, float] | str:
     stamped = RECORD_RE.fullmatch(record)
     path = stamped.group(2) if stamped else record
     match = LINK_RE.fullmatch(path[len(prefix):]) if path.startswith(prefix) else None
-    if stamped is None or match is None:
+    # An impossible date (20261131) is as malformed as any other name.
+    if stamped is None or match is None or not valid_night(match.group(1)):
         return path
     night, expid = match.groups()
     return night, expid, float(stamped.group(1))
@@ -162,8 +183,9 @@ def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
     for record in records:
         if not record:
             continue
-        if record == LOCK_LINE:
+        if record == LOCK_LINE or record.startswith(LOCK_LINE + " "):
             listing.locked = True
+            listing.lock_age = lock_age(record)
             continue
         link = parse_record(record, prefix)
         if isinstance(link, str):
@@ -274,11 +296,12 @@ def _read_cache(path: Path, key: dict, max_age: float) -> Listing | None:
             exposures=exposures,
             malformed=[str(link) for link in data["malformed"]],
             locked=bool(data["locked"]),
+            lock_age=None if data["lock_age"] is None else float(data["lock_age"]),
             published={str(k): float(v) for k, v in data["published"].items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if not all(LINK_RE.fullmatch(f"{night}/{expid}") for night, expid in exposures):
+    if not all(valid_night(night) and valid_expid(expid) for night, expid in exposures):
         return None
     return listing
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.markers import FAILED, read_record
+from scripts.markers import FAILED, read_record, valid_expid, valid_night
 
 
 @dataclass
@@ -34,12 +34,15 @@ def scan_night(state: str | os.PathLike, stream: str, night: str) -> NightState:
     with entries:
         for entry in entries:
             name = entry.name
+            expid = name.split(".", 1)[0]
+            if not valid_expid(expid):  # a stray name is no exposure (nor a job argument)
+                continue
             if name.endswith(".installed"):
-                found.installed.add(name[: -len(".installed")])
+                found.installed.add(expid)
             elif name.endswith((".checksummed" + FAILED, ".staged" + FAILED)):
                 record = read_record(entry.path) or {}
                 if record.get("held"):
-                    found.held.add(name.split(".", 1)[0])
+                    found.held.add(expid)
     return found
 
 
@@ -93,8 +96,7 @@ def marker_nights(state: str | os.PathLike, stream: str, first_night: str) -> li
     with entries:
         return sorted(
             e.name for e in entries
-            if len(e.name) == 8 and e.name.isascii() and e.name.isdigit()
-            and e.name >= first_night and e.is_dir()
+            if valid_night(e.name) and e.name >= first_night and e.is_dir()
         )
 
 

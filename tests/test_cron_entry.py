@@ -239,3 +239,58 @@ def test_ssh_without_batchmode_gets_it(site, sshd):
     assert result.returncode == 0, result.stderr
     assert site.installed(NIGHT, "00004080").is_dir()
     assert os.path.exists(site.state / ".listing" / "DESI_SPECTRO_DATA.json")
+
+
+def test_configuration_refused_by_a_range_ends_in_one_line_and_one_mail(site, mailbox):
+    # A value the schema refuses can still break what runs after the refusal (the
+    # status rebuild's date arithmetic): the failure path must never raise.
+    with_alerts(site, mailbox)
+    site.config["lookback_nights"] = 10000000
+    result = cron(site)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Traceback" not in cron_log(site)
+    refusals = [line for line in result.stderr.splitlines() if "lookback_nights" in line]
+    assert len(refusals) == 1 and "maximum of 3660" in refusals[0]
+    assert mailbox.subjects() == [f"[desitransfer] all streams {site.config_file}:"
+                                  " configuration failed"]
+
+
+def status_command(site, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.status", "--config",
+                           str(site.config_file), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_stale_checksum_lock_is_shown_and_mailed_once_and_still_holds_work_back(
+        site, sshd, mailbox):
+    # Over ssh, as at the mountain: the lock's age is read by the mountain's clock.
+    site.config["remote"].update(host=sshd["host"], ssh=sshd["ssh"],
+                                 checksum_lock_max_age=3600)
+    site.exposure("00004090")
+    site.lock.write_text("")
+    three_days = time.time() - 3 * 86400
+    os.utime(site.lock, (three_days, three_days))
+    with_alerts(site, mailbox)
+    assert cron(site).returncode == 0
+    assert cron(site).returncode == 0
+    assert not site.installed(NIGHT, "00004090").exists()  # the lock still holds work back
+    lock_item = f"{sshd['host']}:{site.lock}"
+    assert mailbox.subjects() == [f"[desitransfer] all streams {lock_item}:"
+                                  " checksum lock failed"]
+    assert "has existed on" in mailbox.messages[0].get_content()
+    failures = status_command(site, "--failures")
+    assert failures.returncode == 0 and "checksum lock" in failures.stdout
+    assert "72.0 h" in failures.stdout
+    page = (site.state / "status" / "index.html").read_text()
+    assert "checksum-running has existed on" in page
+    # A fresh lock (the checksums of tonight being computed) is no problem.
+    site.lock.unlink()
+    assert cron(site).returncode == 0
+    assert site.installed(NIGHT, "00004090").is_dir()
+    assert mailbox.subjects()[1:] == [f"[desitransfer] resolved: all streams {lock_item}:"
+                                      " checksum lock"]
+    site.lock.write_text("")
+    site.exposure("00004091")
+    assert cron(site).returncode == 0
+    assert len(mailbox.messages) == 2 and not site.installed(NIGHT, "00004091").exists()
+    assert "checksum lock" not in status_command(site, "--failures").stdout

@@ -300,3 +300,128 @@ def test_the_status_command_and_page_say_what_each_lane_is_doing(site):
         assert 'id="lanes"' in page and "exposures lane: running since" in page
     finally:
         held.close()
+
+
+# A member of the group, as a real second uid: nobody/nogroup, no other group.
+MEMBER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+GROUP = 65534
+
+
+@pytest.fixture
+def shared(tmp_path_factory):
+    """A directory the workflow's user and the group member can both reach, owned by
+    the workflow's user and shared with the group (setgid, group-writable), as a
+    STATE is shared at NERSC."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="shared-", dir="/tmp"))
+    os.chown(root, os.geteuid(), GROUP)
+    os.chmod(root, 0o2770)
+    yield root
+    shutil.rmtree(root)
+
+
+def as_member(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MEMBER, *argv], capture_output=True, text=True, timeout=30)
+
+
+HOLD = ("import fcntl, sys\n"
+        "f = open(sys.argv[1])\n"
+        "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "print('held')\n")
+
+
+def test_a_group_member_cannot_hold_a_lanes_lock(shared):
+    from scripts.run_lock import lock_path, try_lock
+
+    state = shared / "state"
+    state.mkdir()
+    os.chmod(state, 0o2770)
+    handle = try_lock(state, "exposures")
+    handle.close()  # the lock file exists, the lane is free
+    path = lock_path(state, "exposures")
+    assert (path.stat().st_mode & 0o777) == 0o600
+    member = as_member("/usr/bin/python3", "-c", HOLD, str(path))
+    assert member.returncode != 0 and "held" not in member.stdout
+    assert "Permission denied" in member.stderr
+
+
+def test_a_lock_file_planted_by_a_group_member_is_refused_in_one_line(site, shared):
+    state = shared / "state"
+    lanes = state / ".lanes"
+    lanes.mkdir(parents=True)
+    os.chmod(lanes, 0o2770)  # a lanes directory the group can write (an older install)
+    planted = lanes / "exposures.lock"
+    assert as_member("touch", str(planted)).returncode == 0
+    assert as_member("ln", "-s", "/etc/hostname", str(lanes / "nights.lock")).returncode == 0
+    site.config["state"] = str(state)
+    site.exposure("00009950")
+    result = cron(site)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if ".lock" in line]
+    assert len(lines) == 2, result.stderr
+    assert f"{planted} belongs to uid 65534" in lines[0] and "remove it" in lines[0]
+    assert f"{lanes / 'nights.lock'} is a symbolic link" in lines[1]
+    assert not site.installed(NIGHT, "00009950").exists()
+    assert "Traceback" not in result.stderr
+    # Removed (the fix the line names): the next run goes on.
+    planted.unlink()
+    (lanes / "nights.lock").unlink()
+    assert cron(site).returncode == 0
+    assert site.installed(NIGHT, "00009950").is_dir()
+
+
+def test_a_lane_held_longer_than_its_limit_is_mailed_once_and_shown(site):
+    import datetime as dt
+
+    from aiosmtpd.controller import Controller
+    from loopback_sshd import free_port
+    from test_cron_entry import Mailbox, status_command, with_alerts
+
+    from scripts.configuration import with_defaults
+    from scripts.lanes import activity_path
+    from scripts.markers import write_json_atomic
+    from scripts.run_lock import try_lock
+    from scripts.time_limits import lane_seconds
+
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    box.smtp = f"127.0.0.1:{controller.port}"
+    try:
+        site.exposure("00009960")
+        with_alerts(site, box)
+        assert cron(site).returncode == 0  # a first run: both lanes ended a run
+        config = with_defaults(site.config)
+        # Both lanes last ended a run two days ago, and something holds their locks
+        # since (a hung run; a group member's hand before the locks were private).
+        two_days = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+        stamp = two_days.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for lane in ("exposures", "nights"):
+            assert lane_seconds(config, lane) < 2 * 86400
+            write_json_atomic(activity_path(site.state, lane),
+                              {"lane": lane, "run": "old", "started": stamp, "finished": stamp})
+        held = [try_lock(site.state, lane) for lane in ("exposures", "nights")]
+        try:
+            assert cron(site).returncode == 0
+            assert cron(site).returncode == 0
+            assert sorted(box.subjects()) == [
+                "[desitransfer] all streams exposures lane: lane run failed",
+                "[desitransfer] all streams nights lane: lane run failed"]
+            body = box.messages[0].get_content()
+            assert "has ended for 48.0 h" in body and f"held by process {os.getpid()}" in body
+            failures = status_command(site, "--failures")
+            assert failures.stdout.count("lane run") == 2, failures.stdout
+            page = (site.state / "status" / "index.html").read_text()
+            assert "no run of the exposures lane has ended" in page
+        finally:
+            for handle in held:
+                handle.close()
+        assert cron(site).returncode == 0  # free again: the lanes run, the problem clears
+        assert sorted(box.subjects()[2:]) == [
+            "[desitransfer] resolved: all streams exposures lane: lane run",
+            "[desitransfer] resolved: all streams nights lane: lane run"]
+        assert "lane run" not in status_command(site, "--failures").stdout
+    finally:
+        controller.stop()

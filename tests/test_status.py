@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -263,11 +264,40 @@ def test_year_file_is_replaced_by_rename(known):
     exposure(Path(known["state"]), "20270103", "00001401", "2027-01-04T02:10:00Z")
     status.write_status(known, page=False)
     # A new inode: the new content was written beside and renamed over the old file,
-    # so a reader never sees half of it. No temporary file is left behind.
+    # so a reader never sees half of it. No temporary file is left behind; the file
+    # replaced is kept as .bak, as DESI's own code keeps it.
     assert path.stat().st_ino != before
     assert "1401" in json.loads(path.read_text())["20270103"]
     assert sorted(p.name for p in path.parent.iterdir() if p.name != status.MANIFEST) == [
-        "desi_transfer_status_2026.json", "desi_transfer_status_2027.json"]
+        "desi_transfer_status_2026.json", "desi_transfer_status_2027.json",
+        "desi_transfer_status_2027.json.bak"]
+
+
+def test_losing_the_state_never_loses_a_night_of_the_year_files(known):
+    state = Path(known["state"])
+    status.write_status(known, page=False)
+    path = year_file(known, "2027")
+    before = path.read_text()
+    # The state loses a whole night and one exposure of another.
+    shutil.rmtree(state / STREAM / "20270101")
+    for marker in (state / STREAM / "20270103").glob("00001400.*"):
+        marker.unlink()
+    exposure(state, "20270103", "00001401", "2027-01-04T02:10:00Z")
+    status.write_status(known, page=False)
+    after = json.loads(path.read_text())
+    assert after["20270101"] == expected_2027()["20270101"]
+    assert after["20270103"]["1400"] == expected_2027()["20270103"]["1400"]
+    assert "1401" in after["20270103"]
+    assert path.with_name(path.name + ".bak").read_text() == before
+    # A write cut short: the file is kept as .bad, its history comes back from the .bak.
+    bak = path.with_name(path.name + ".bak").read_text()
+    path.write_text(path.read_text()[:40])
+    shutil.rmtree(state / STREAM / "20270102")
+    status.write_status(known, page=False)
+    again = json.loads(path.read_text())
+    assert again["20270101"] == expected_2027()["20270101"]
+    assert again["20270102"] == json.loads(bak)["20270102"]
+    assert path.with_name(path.name + ".bak").read_text() == bak  # not the broken file
 
 
 def test_rebuild_reads_only_the_nights_that_changed(known, monkeypatch):

@@ -147,3 +147,15 @@ def test_parse_listing_keeps_when_each_link_was_published():
     assert listing.published == {"20261128/00001234": 1795917545.25,
                                  "20261128/00001235": 1795917546.0}
     assert listing.malformed == [f"{SOURCE}/20261128/bad"]
+
+
+def test_the_checksum_lock_record_carries_its_age_by_the_mountains_clock():
+    from scripts.remote import parse_listing
+
+    text = "CHECKSUM-LOCK-PRESENT 1800000000 1799740800.5\0"
+    listing = parse_listing(text, "/src", "20260101")
+    assert listing.locked and listing.lock_age == 259199.5
+    # The lock vanished between the test and the stamp: still locked, age unknown.
+    vanished = parse_listing("CHECKSUM-LOCK-PRESENT 1800000000 \0", "/src", "20260101")
+    assert vanished.locked and vanished.lock_age is None
+    assert not parse_listing("1.0 /src/20261127/00001234\0", "/src", "20260101").locked

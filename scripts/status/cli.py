@@ -21,7 +21,7 @@ import sys
 import scripts.status.reading as reading
 from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
 from scripts.lanes import lane_activity
-from scripts.markers import read_record
+from scripts.markers import read_record, valid_night
 from scripts.status.formatting import duration, format_table, human_bytes, lane_text, short_time
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import ExposureStatus, NightStatus
@@ -167,8 +167,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--write", action="store_true",
                         help="rebuild STATUS/desi_transfer_status_YYYY.json and index.html")
     args = parser.parse_args(argv)
-    if args.night is not None and not (len(args.night) == 8 and args.night.isdigit()):
-        parser.error(f"--night {args.night}: expected YYYYMMDD")
+    if args.night is not None and not valid_night(args.night):
+        parser.error(f"--night {args.night}: expected YYYYMMDD, a real date")
     return args
 
 

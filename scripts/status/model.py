@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from scripts.markers import valid_expid
+
 # Exposure states, worst first; the page colours them.
 HELD = "held"
 INSTALLED_WITH_ERRORS = "installed with errors"
@@ -145,7 +147,8 @@ class NightStatus:
         held = {}
         for archive in (self.stages.get("backedup") or {}).get("archives", []):
             for expid in archive.get("exposures", []):
-                held.setdefault(expid, archive)
+                if valid_expid(expid):  # a record is read back, not trusted
+                    held.setdefault(expid, archive)
         return held
 
     def backup_failure(self) -> dict | None:

@@ -21,6 +21,12 @@ backup (``NIGHT.backedup[.N].failed``)
 listing
     the mountain unreachable for ``alerts.unreachable_runs`` consecutive runs, and
     each malformed link.
+lane run
+    a lane no run of which has ended for longer than its time limit (a hung run, or
+    its lock held by something else).
+checksum lock
+    the mountain's checksum lock older than ``remote.checksum_lock_max_age``: nothing
+    is transferred while it exists, so an abandoned one stops every stream.
 configuration
     a refused configuration (nothing runs until it is fixed).
 any record with ``exception``
@@ -31,12 +37,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pwd
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.escaping import printable
+from scripts.lanes import stalled_lanes
 from scripts.markers import FAILED, failure_path, marker_path, read_record
 from scripts.remote import first_night
+from scripts.run_lock import LANES
 from scripts.status.model import NightStatus
 from scripts.status.reading import (
     NightFiles,
@@ -46,11 +56,13 @@ from scripts.status.reading import (
     scan_stream,
 )
 from scripts.status.run_records import configuration_path, unreachable_path
+from scripts.time_limits import lane_seconds
 
 #: The words a person reads for each stage.
 LABELS = {"staged": "staging", "checksummed": "verification", "installed": "install",
           "updated": "catch-up", "caughtup": "catch-up", "backedup": "backup",
-          "listing": "listing", "configuration": "configuration"}
+          "listing": "listing", "configuration": "configuration",
+          "checksum_lock": "checksum lock", "lane": "lane run"}
 ALL_STREAMS = "all streams"
 STALE_ACTION = "back it up by hand or raise lookback_nights"
 
@@ -236,7 +248,78 @@ def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> 
             runs, unreachable.get("since", ""),
             "check the host, the network and the ssh keys; transfers resume by themselves",
             str(unreachable_path(state)), subject_item=printable(host)))
+    lock = checksum_lock_problem(config)
+    return [*out, *([] if lock is None else [lock]), *lane_problems(config)]
+
+
+def checksum_lock_problem(config: dict) -> Problem | None:
+    """The mountain's checksum lock, when the last listing of any stream found it older
+    than ``remote.checksum_lock_max_age``; the work stays held back while it exists."""
+    remote, state, streams = config.get("remote"), config["state"], config.get("streams")
+    # Also read after a refused configuration: whatever it holds, no exception here.
+    if not (isinstance(remote, dict) and isinstance(streams, dict)):
+        return None
+    limit = remote.get("checksum_lock_max_age")
+    if type(limit) is not int:
+        return None
+    oldest, where = None, None
+    for stream in streams:
+        path = listing_cache_path(state, stream)
+        listing = read_record(path) or {}
+        age = listing.get("lock_age")
+        if (listing.get("locked") and isinstance(age, (int, float)) and age > limit
+                and (oldest is None or age > oldest)):
+            oldest, where = age, path
+    if oldest is None:
+        return None
+    host, lock = str(remote.get("host", "?")), str(remote.get("checksum_lock", "?"))
+    return Problem(
+        ALL_STREAMS, "", None, "checksum_lock",
+        printable(f"the checksum lock {lock} has existed on {host} for {oldest / 3600:.1f} h"
+                  f" ({oldest:.0f} s, more than remote.checksum_lock_max_age, {limit} s):"
+                  " nothing is transferred while it exists"),
+        "", "", "check the checksum job at the mountain; if it died, remove its lock there:"
+        " transfers resume by themselves", str(where), subject_item=printable(f"{host}:{lock}"))
+
+
+def lane_problems(config: dict, now: float | None = None) -> list[Problem]:
+    """The lanes that have not ended a run for longer than their time limit
+    (`scripts.lanes.stalled_lanes`); `now` is the real clock's epoch seconds (the
+    activity records are written by it, whatever the configuration's ``now``)."""
+    try:
+        limits = {lane: lane_seconds(config, lane) for lane in LANES}
+    except (KeyError, TypeError):  # a refused configuration: the refusal is the problem
+        return []
+    out = []
+    for lane in stalled_lanes(config["state"], limits, time.time() if now is None else now):
+        holder = lane["holder"]
+        who = (f"its lock {lane['lock']} is held by process {holder}"
+               f"{_process_owner(holder)}" if holder is not None
+               else f"its lock {lane['lock']} is free (is cron running? the kill file?)")
+        out.append(Problem(
+            ALL_STREAMS, "", None, "lane",
+            printable(f"no run of the {lane['lane']} lane has ended for"
+                      f" {lane['seconds'] / 3600:.1f} h ({lane['seconds']:.0f} s, more than"
+                      f" its limit of {lane['limit']} s); {who}"),
+            "", printable(lane["since"]),
+            "find what holds the lane: a hung run (its rule logs under STATE/logs) or a"
+            " process of someone else's holding the lock; end it, the next run goes on",
+            printable(lane["lock"]), subject_item=f"{lane['lane']} lane"))
     return out
+
+
+def _process_owner(pid: int) -> str:
+    """`` (user NAME, COMMAND)`` of process `pid`, as far as /proc tells."""
+    try:
+        info = os.stat(f"/proc/{pid}")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+    except OSError:
+        return ""
+    try:
+        user = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        user = f"uid {info.st_uid}"
+    return f" (user {user}: {command[:120].decode(errors='replace')})"
 
 
 def all_problems(config: dict, now: dt.datetime) -> list[Problem]:

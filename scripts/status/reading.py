@@ -18,6 +18,8 @@ from scripts.markers import (
     NIGHT_STAGES,
     read_record,
     utc_timestamp,
+    valid_expid,
+    valid_night,
     write_json_atomic,
 )
 from scripts.status.model import ExposureStatus, NightStatus
@@ -49,7 +51,7 @@ def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False) -> di
     with entries:
         for entry in entries:
             name, night = entry.name, entry.name[:8]
-            if not (night.isascii() and night.isdigit() and len(night) == 8):
+            if not valid_night(night):
                 continue
             if len(name) == 8 and entry.is_dir():
                 info = nights.setdefault(night, NightFiles())
@@ -100,7 +102,7 @@ def _read_exposures(status: NightStatus, directory: Path, only_failures: bool) -
     for name in directory_names(directory):
         expid, _, rest = name.partition(".")
         stage, failed = split_stage(rest)
-        if len(expid) != 8 or not expid.isdigit() or stage not in EXPOSURE_RECORDS:
+        if not valid_expid(expid) or stage not in EXPOSURE_RECORDS:
             continue
         if only_failures and not failed:
             continue
@@ -155,7 +157,9 @@ def read_listing(state: str | os.PathLike, stream: str) -> tuple[dict[str, set[s
     record = read_record(listing_cache_path(state, stream)) or {}
     nights: dict[str, set[str]] = {}
     for item in record.get("exposures", []):
-        if isinstance(item, list) and len(item) == 2:
+        # A cache written before a check existed may hold an impossible date.
+        if (isinstance(item, list) and len(item) == 2 and valid_night(item[0])
+                and valid_expid(item[1])):
             nights.setdefault(str(item[0]), set()).add(str(item[1]))
     epoch = record.get("epoch")
     when = dt.datetime.fromtimestamp(epoch, dt.UTC) if isinstance(epoch, (int, float)) else None

@@ -14,7 +14,7 @@ from scripts import __version__
 from scripts.configuration import get_now, with_defaults
 from scripts.joblog import file_handler
 from scripts.lanes import lane_activity
-from scripts.markers import read_record
+from scripts.markers import read_record, write_json_atomic
 from scripts.status.backlog import classify, night_backlog
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import BacklogItem, NightStatus
@@ -25,6 +25,9 @@ log = logging.getLogger("status")
 
 PAGE = "index.html"
 PAGE_NIGHTS = 30
+#: The problems the page shows (their keys), beside it: a run that changes none of the
+#: state's records can still bring a new problem (a stale lock, a stalled lane).
+PAGE_PROBLEMS = ".desitransfer-problems.json"
 
 
 @dataclass
@@ -122,7 +125,16 @@ def write_status(config: dict, now: dt.datetime | None = None, page: bool = True
         report = build_report(config, now)
         report.year_files = [str(f.relative_to(directory)) for f in files]
         files.append(write_page(report, directory / PAGE))
+        write_json_atomic(directory / PAGE_PROBLEMS,
+                          {"keys": sorted(p.key for p in report.problems)})
     return files
+
+
+def page_shows(config: dict, problems: list[Problem]) -> bool:
+    """Whether the status page shows exactly `problems` (by their keys); if not, the
+    cron entry rebuilds it, so that what is mailed is on the page too."""
+    shown = read_record(status_directory(config) / PAGE_PROBLEMS) or {}
+    return shown.get("keys") == sorted(p.key for p in problems)
 
 
 def _status_log(config: dict) -> logging.Handler:
@@ -173,7 +185,8 @@ def rebuild_after_run(config: dict) -> str:
                 f" status page: {files[-1].absolute()}")
         log.info(line)
         return line
-    except (OSError, KeyError, TypeError, ValueError) as err:
+    except (OSError, KeyError, TypeError, ValueError, ArithmeticError) as err:
+        # ArithmeticError: a date out of range from a refused value (lookback_nights)
         line = (f"Status files NOT rebuilt ({type(err).__name__}: {err}); the transfers are"
                 " not affected. Fix it, then run: python -m scripts.status --write")
         log.error(line)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import scripts.status.reading as reading
-from scripts.markers import read_record, write_bytes_atomic, write_json_atomic
+from scripts.markers import read_record, valid_night, write_bytes_atomic, write_json_atomic
 from scripts.status.model import ExposureStatus, NightStatus, milliseconds
 
 log = logging.getLogger("status")
@@ -97,6 +97,7 @@ def valid_year_data(data: Any) -> bool:
     if not isinstance(data, dict):
         return False
     for night, exposures in data.items():
+        # Eight digits: a night that is no date (20261131) is dropped, not the file.
         if not (len(night) == 8 and night.isdigit() and isinstance(exposures, dict)):
             return False
         for expid, rows in exposures.items():
@@ -140,6 +141,21 @@ def _keep_copy(path: Path, suffix: str, why: str) -> None:
     log.warning("%s %s: kept as %s and rebuilt from the state.", path, why, copy)
 
 
+def _keep_backup(path: Path) -> None:
+    """Copy a valid year file to ``.bak`` before it is replaced; a broken one is kept
+    as ``.bad`` instead and must not overwrite the last good ``.bak``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return
+    try:
+        valid = valid_year_data(json.loads(raw))
+    except ValueError:
+        valid = False
+    if valid:
+        write_bytes_atomic(backup_path(path), raw, PUBLIC_MODE)
+
+
 def _existing_rows(path: Path, written: dict[str, str]) -> dict | None:
     """The year file's data if it is exactly what was last written here; otherwise
     None, after keeping a foreign or broken file aside (``.orig`` once, else ``.bad``)."""
@@ -166,13 +182,31 @@ def _existing_rows(path: Path, written: dict[str, str]) -> dict | None:
 
 def _legacy_nights(path: Path) -> dict[str, dict]:
     raw = read_record(path.with_name(path.name + ".orig"))
-    return raw if valid_year_data(raw) else {}
+    return {n: e for n, e in raw.items() if valid_night(n)} if valid_year_data(raw) else {}
+
+
+def backup_path(path: Path) -> Path:
+    """The copy of a year file kept before it is replaced (``.bak``, as DESI's code)."""
+    return path.with_name(path.name + ".bak")
+
+
+def _held_nights(path: Path, year: str) -> dict[str, dict]:
+    """What the year file holds now, or when it is not a valid status file (a write cut
+    short, an edit), what its ``.bak`` held: history that a lost state must not erase."""
+    for candidate in (path, backup_path(path)):
+        data = read_record(candidate)
+        if valid_year_data(data):
+            return {n: e for n, e in data.items() if n.startswith(year) and valid_night(n)}
+    return {}
 
 
 def _year_rows(state: str | os.PathLike, stream: str, year: str,
                index: dict[str, reading.NightFiles], fingerprints: dict[str, str | None],
-               existing: dict | None, cached: dict[str, str], legacy: dict) -> dict:
-    rows = {n: r for n, r in legacy.items() if n not in index}
+               existing: dict | None, cached: dict[str, str], held: dict) -> dict:
+    """The year's rows: what the file held (and the original daemon's ``.orig``), each
+    exposure the state knows replaced by the state's rows. A night or an exposure the
+    state no longer has (a lost or partly lost state) keeps its history."""
+    rows = {n: dict(e) for n, e in held.items()}
     for night in sorted(n for n in index if n.startswith(year)):
         fingerprint = fingerprints[night]
         if (existing is not None and fingerprint is not None and night in existing
@@ -181,7 +215,7 @@ def _year_rows(state: str | os.PathLike, stream: str, year: str,
         else:
             night_data = night_rows(reading.read_night(state, stream, night, index[night]))
         if night_data:
-            rows[night] = night_data
+            rows[night] = {**rows.get(night, {}), **night_data}
     return rows
 
 
@@ -189,11 +223,15 @@ def write_year_files(state: str | os.PathLike, stream: str, directory: str | os.
                      settle: float = SETTLE_SECONDS) -> list[Path]:
     """Rebuild the year files of `stream` in `directory` from the state.
 
-    Every year with a night in the state is rebuilt. A file that is not valid JSON in
-    the layout, or that differs from what was last written here (edited by hand), is
-    kept as ``.bad`` and replaced. A valid file written by someone else (the original
-    daemon) is kept once as ``.orig``; its nights the state does not know are carried
-    over, so DESI's history survives the change. A night's rows are reused from the
+    Every year with a night in the state is rebuilt, and never loses a night or an
+    exposure it held: the state's rows replace those of the exposures the state knows,
+    the others stay (a lost state never erases DESI's history). Before a file is
+    replaced it is copied to ``.bak``. A file that is not valid JSON in the layout, or
+    that differs from what was last written here (edited by hand), is kept as ``.bad``
+    and replaced (its history, or the ``.bak``'s when it is broken, carried over). A
+    valid file written by someone else (the original daemon) is kept once as
+    ``.orig``; its nights and exposures the state does not know are carried over, so
+    DESI's history survives the change. A night's rows are reused from the
     file when neither its markers nor the file changed since it was written (the
     manifest holds the fingerprints), so a rebuild after a run reads only the nights
     that run touched.
@@ -215,12 +253,14 @@ def write_year_files(state: str | os.PathLike, stream: str, directory: str | os.
     paths = []
     for year in sorted({night[:4] for night in index}):
         path = directory / YEAR_FILE.format(year=year)
+        held = {**_legacy_nights(path), **_held_nights(path, year)}
         existing = _existing_rows(path, written)
         rows = _year_rows(state, stream, year, index, fingerprints, existing,
-                          manifest.get("nights", {}), _legacy_nights(path))
+                          manifest.get("nights", {}), held)
         content = encode_year(rows)
         digest = _sha256(content)
         if existing is None or written.get(path.name) != digest:
+            _keep_backup(path)
             write_bytes_atomic(path, content, PUBLIC_MODE)
         written[path.name] = digest
         paths.append(path)
