@@ -2,6 +2,7 @@
 """The cron entry: run the workflow's lanes once, safely, from cron.
 
     scripts/cron_entry.py [--debug] [CONFIG] [--lane exposures|nights] [SNAKEMAKE ARGS...]
+    scripts/cron_entry.py [CONFIG] --plan [--lane exposures|nights]
     scripts/cron_entry.py --version
 
 CONFIG defaults to the ``config.yaml`` beside the Snakefile; further arguments go to
@@ -157,6 +158,9 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                              " in every rule log (sets the configuration's debug key)")
     parser.add_argument("--lane", choices=LANES,
                         help="run this lane only (scrontab: one entry per lane)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print what the next invocation would do, lane by lane, and"
+                             " change nothing")
     options, rest = parser.parse_known_args(argv)
     # -d stays Snakemake's --directory; CONFIG is the first argument, if not an option.
     if rest and not rest[0].startswith("-"):
@@ -288,6 +292,21 @@ def report_outcome(results: list[subprocess.CompletedProcess], seconds: float) -
     return 0
 
 
+def print_plan(config: dict, config_file: Path, lanes: Sequence[str]) -> int:
+    """``--plan``: what the next invocation would do (scripts/next_run.py); nothing is
+    written, no log either. The configuration file goes to stderr, the plan to stdout."""
+    from scripts.next_run import show_plan
+
+    print(f"desitransfer: configuration {config_file}", file=sys.stderr)
+    try:
+        status, lines = show_plan(config, config_file, lanes)
+    except ConfigurationError as err:
+        print(f"desitransfer: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return status
+
+
 def main(argv: list[str]) -> int:
     """Run the lanes once, as cron does; the exit status (see the module's docstring)."""
     try:
@@ -302,6 +321,8 @@ def main(argv: list[str]) -> int:
     except ConfigurationError as err:
         print(f"desitransfer: {err}", file=sys.stderr)
         return 2
+    if options.plan:
+        return print_plan(config, config_file, [only_lane] if only_lane else LANES)
     state = Path(config.get("state") or "state")
     debug = debug or config.get("debug") is True
     setup_logging(Path(config.get("logs") or state / "logs"), debug)

@@ -82,3 +82,41 @@ def test_preview_kind_reads_the_command_line():
     assert preview_kind(["snakemake", "-j1", "-s", "Snakefile"]) is None
     assert preview_kind(["snakemake", "--configfile", "-n.yaml"]) is None
     assert preview_kind(["snakemake", "--", "-n"]) is None
+
+
+def test_plan_says_what_the_next_runs_do_and_changes_nothing(site, tape, status_server):
+    import subprocess
+    import sys
+
+    from conftest import REPO, STREAM
+
+    watched = scenario(site, status_server)
+    before = snapshot(*watched)
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "cron_entry.py"),
+                             str(site.write_config()), "--plan"], capture_output=True,
+                            text=True, cwd=site.root, env=site.env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert str(site.config_file) in result.stderr.splitlines()[0]
+    assert snapshot(*watched) == before
+    assert result.stdout.splitlines() == [
+        "exposures lane: 20 exposure(s) this run, 70 more pending"
+        " (the lane runs again at once)",
+        f"  {STREAM} 20261122: 20 exposure(s) (00007300 … 00007319)",
+        "nights lane: 1 stage(s) this run",
+        f"  {STREAM} 20261127 caughtup: due",
+        f"  {STREAM} 20261127 backedup: deferred: HPSS status is 'down', not 'active'",
+        *(f"  {STREAM} {night}: waiting for 30 exposure(s) to be installed"
+          for night in OLD_NIGHTS),
+        "held: 0 exposure(s)",
+    ]
+    # What the next run of each lane then does, line by line.
+    site.env["DESITRANSFER_LANE"] = "exposures"
+    site.run()
+    installed = {p.parent.name + "/" + p.name.split(".")[0]
+                 for p in site.state.glob(f"{STREAM}/*/*.installed")}
+    assert installed == {"20261127/00007000"} | {f"20261122/{7300 + i:08d}" for i in range(20)}
+    site.env["DESITRANSFER_LANE"] = "nights"
+    site.run()
+    assert site.marker("20261127", None, "caughtup").exists()
+    assert not site.marker("20261127", None, "backedup").exists()
+    assert not [night for night in OLD_NIGHTS if site.marker(night, None, "caughtup").exists()]

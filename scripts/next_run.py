@@ -1,0 +1,61 @@
+"""What the next cron invocation would do, without doing any of it.
+
+    scripts/cron_entry.py CONFIG --plan [--lane exposures|nights]
+
+The same observation (scripts/observe.py, as a preview: nothing is written) and the
+same pure plan (scripts/plan.py) a run of each lane makes, described in a few lines per
+lane (scripts/plan.py `describe`): the exposure lane's exposures of this run per night
+and how many remain, each night's stage and why (due, deferred, waiting), and what is
+held. The configuration file read goes to stderr, so that stdout is only the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from scripts.configuration import (
+    ConfigurationError,
+    check_configuration,
+    describe_validation_error,
+    get_now,
+    get_streams,
+)
+from scripts.observe import observe, with_hpss
+from scripts.plan import Plan, describe, make_plan
+from scripts.remote import first_night
+
+
+def plan_lanes(config: dict, lanes: Sequence[str]) -> dict[str, Plan]:
+    """The plan of each of `lanes` for a run starting now (nothing is written).
+
+    Raises
+    ------
+    ConfigurationError
+        The configuration cannot be planned from (one line).
+    """
+    check_configuration(config)
+    now = get_now(config)
+    streams = get_streams(config)
+    start = first_night(now, config["lookback_nights"])
+    observation = observe(config, streams, now, start, None, None, preview=True)
+    plans = {}
+    for lane in lanes:
+        plan = make_plan(config, observation, lane)
+        if plan.wants_hpss and observation.hpss is None:
+            observation = with_hpss(config, observation, plan, preview=True)
+            plan = make_plan(config, observation, lane)
+        plans[lane] = plan
+    return plans
+
+
+def show_plan(config: dict, config_file: Path, lanes: Sequence[str]) -> tuple[int, list[str]]:
+    """The exit status and the lines to print (stdout) for ``--plan``."""
+    problem = describe_validation_error(config, [str(config_file)])
+    if problem is not None:
+        raise ConfigurationError(problem)
+    state = Path(config["state"])
+    if not state.is_dir():
+        raise ConfigurationError(f"{config_file}: state {state} does not exist: nothing has"
+                                 " run with this configuration yet (or the path is wrong)")
+    return 0, describe(plan_lanes(config, lanes))
