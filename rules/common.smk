@@ -21,11 +21,19 @@ from scripts.configuration import (
 )
 from scripts.lanes import LaneError, describe_plan, get_lane, get_run_id
 from scripts.preview import DRAWINGS, preview_kind
-from scripts.markers import marker_path, utc_timestamp, write_json_atomic
+from scripts.markers import utc_timestamp, write_json_atomic
 from scripts.observe import listing_epoch, observe, with_hpss
 from scripts.plan import Observation, Plan, make_plan
 from scripts.remote import first_night
 from scripts.run_lock import LANES
+from scripts.state_layout import (
+    job_config_path,
+    listing_log_path,
+    marker_path,
+    night_directory,
+    rule_log_path,
+    unlisted_target,
+)
 from scripts.targets import not_backed_up
 from scripts.time_limits import job_minutes
 
@@ -75,7 +83,7 @@ def get_night_marker(stage):
 def get_log(stage, night_level=False):
     """The log file pattern of `stage`, parallel to its marker."""
     expid = None if night_level else "{expid}"
-    return f"{marker_path(f'{STATE}/logs', '{stream}', '{night}', expid, stage)}.log"
+    return rule_log_path(STATE, "{stream}", "{night}", expid, stage)
 
 
 def log_observation(observation):
@@ -122,7 +130,7 @@ def get_plan():
             logger.warning(
                 f"Night {stage.night} of stream {stage.stream} has no links at the "
                 f"mountain any more: its {stage.stage} of {len(installed)} installed "
-                f"exposure(s) runs from the state ({STATE}/{stage.stream}/{stage.night})."
+                f"exposure(s) runs from the state ({night_directory(STATE, stage.stream, stage.night)})."
             )
     deferred = {(s.stream, s.night) for s, _ in plan.deferred}
     if deferred:
@@ -145,7 +153,7 @@ def get_published(wildcards):
 
 def get_listing_failure_targets():
     """One failing job per stream that could not be listed (see get_plan)."""
-    return [f"{STATE}/.listing/{name}.unlisted" for name in PLAN.unlisted]
+    return [unlisted_target(STATE, name) for name in PLAN.unlisted]
 
 
 def get_exposure_targets():
@@ -202,7 +210,7 @@ def get_job_config(needs):
     sections = {key: config[key] for key in ("state", "debug", *needs)}
     text = json.dumps(sections, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = Path(STATE, ".config", f"config-{digest}.json")
+    path = job_config_path(STATE, digest)
     if not PREVIEW and not path.exists():
         write_json_atomic(path, json.loads(text))
     return str(path)

@@ -9,9 +9,9 @@ rule report_listing_failure:
     # Never succeeds: it makes a run in which some stream could not be listed end in
     # failure while the other streams' jobs go on. Its output is never written.
     output:
-        f"{STATE}/.listing/{{stream}}.unlisted",
+        unlisted_target(STATE, "{stream}"),
     log:
-        f"{STATE}/logs/{{stream}}.listing.log",
+        listing_log_path(STATE, "{stream}"),
     conda:
         "../envs/desitransfer.yaml"
     params:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from scripts.escaping import printable, printable_lines
 from scripts.markers import read_record, utc_timestamp, write_json_atomic
+from scripts.state_layout import ledger_path
 from scripts.status.problems import Problem
 
 log = logging.getLogger("desitransfer.alerts")
@@ -78,8 +79,6 @@ def send_mail(alerts: dict, subject_line: str, text: str) -> bool:
     return True
 
 
-def ledger_path(state: str | Path) -> Path:
-    return Path(state, ".alerts", "sent.json")
 
 
 def read_ledger(state: str | Path) -> dict[str, dict]:

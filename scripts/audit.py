@@ -63,6 +63,7 @@ from scripts.configuration import (
 from scripts.hpss import BackupError, Member, is_consistency_member, minimal_tar_size
 from scripts.markers import marker_path, read_record
 from scripts.permissions import DIR_MODE, DIR_MODE_BACKUP, FILE_MODE
+from scripts.state_layout import night_directory, stream_directory
 from scripts.tape import Tape
 from scripts.tape_contents import by_exposure, differences, exposure_on_disk
 from scripts.tar_archive import scan_tar
@@ -273,7 +274,7 @@ def installed_markers(state: Path, stream: Stream, night: str) -> set[str]:
     """EXPIDs of the night with an ``.installed`` marker."""
     suffix = ".installed"
     try:
-        with os.scandir(Path(state, stream.name, night)) as entries:
+        with os.scandir(night_directory(state, stream.name, night)) as entries:
             names = [entry.name for entry in entries]
     except (FileNotFoundError, NotADirectoryError):
         return set()
@@ -399,7 +400,7 @@ def destination_nights(audit: Audit, stream: Stream) -> set[str]:
 def state_nights(state: Path, stream: Stream) -> set[str]:
     """Nights with a directory of markers or a night-level marker in the state."""
     try:
-        with os.scandir(Path(state, stream.name)) as entries:
+        with os.scandir(stream_directory(state, stream.name)) as entries:
             return {entry.name[:8] for entry in entries if eight_digits(entry.name[:8])}
     except (FileNotFoundError, NotADirectoryError):
         return set()

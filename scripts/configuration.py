@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.state_layout import logs_directory, status_directory
+
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 #: remote.host meaning "the SOURCE paths are on this machine" (see scripts.remote).
 LOCAL_HOST = "local"
@@ -261,8 +263,8 @@ def bookkeeping_directories(config: dict) -> list[tuple[str, str]]:
     state = config["state"]
     return [
         ("state", state),
-        ("status", config.get("status") or os.path.join(state, "status")),
-        ("logs", config.get("logs") or os.path.join(state, "logs")),
+        ("status", str(status_directory(config))),
+        ("logs", str(logs_directory(config))),
     ]
 
 

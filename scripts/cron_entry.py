@@ -53,6 +53,7 @@ from scripts.lanes import (
 )
 from scripts.markers import read_record
 from scripts.run_lock import ENV_FD, LANES, RunLockRefused, lock_path, try_lock
+from scripts.state_layout import logs_directory
 
 log = logging.getLogger("desitransfer.cron")
 #: Snakemake's own run logs kept in .snakemake/log.
@@ -325,7 +326,7 @@ def main(argv: list[str]) -> int:
         return print_plan(config, config_file, [only_lane] if only_lane else LANES)
     state = Path(config.get("state") or "state")
     debug = debug or config.get("debug") is True
-    setup_logging(Path(config.get("logs") or state / "logs"), debug)
+    setup_logging(logs_directory(config), debug)
     kill_file = Path(os.path.expanduser(config["kill_file"]))
     if kill_file.exists():
         log.info("%s detected, not running (remove it to resume transfers).", kill_file)

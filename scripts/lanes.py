@@ -24,11 +24,10 @@ import os
 import socket
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from scripts.markers import read_record, utc_timestamp, write_json_atomic
-from scripts.run_lock import LANE_DIRECTORY, LANES, is_locked, lock_holder, lock_path
+from scripts.run_lock import LANES, is_locked, lock_holder, lock_path
 
 ENV_LANE = "DESITRANSFER_LANE"
 #: The run a parse belongs to: the listing cache serves only parses of the same run.
@@ -63,9 +62,7 @@ def get_run_id() -> str:
     return os.environ.setdefault(ENV_RUN, new_run_id())
 
 
-def activity_path(state: str | os.PathLike, lane: str) -> Path:
-    """The activity record of `lane`."""
-    return Path(state) / LANE_DIRECTORY / f"{lane}.json"
+from scripts.state_layout import activity_path  # noqa: E402,F401 (the cron entry's too)
 
 
 def describe_plan(exposures: Iterable[tuple[str, str, str]],

@@ -3,7 +3,7 @@
 A marker ``STATE/STREAM/NIGHT/EXPID.STAGE`` (or ``STATE/STREAM/NIGHT.STAGE`` for
 night-level stages) exists only when its stage succeeded and holds a small JSON
 record. A failed step writes ``<marker>.failed`` instead; the next success removes it.
-Every path in the workflow comes from `marker_path`.
+Every path under STATE comes from scripts/state_layout.py.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from scripts.state_layout import FAILED, failure_path, marker_path  # noqa: F401 (the markers' paths)
+
 #: Exposure-level stages, in order.
 EXPOSURE_STAGES = ("staged", "checksummed", "installed")
 #: Night-level stages, in order.
 NIGHT_STAGES = ("caughtup", "backedup")
-FAILED = ".failed"
 #: The years a night may have: a night outside them is a typo or a forgery.
 NIGHT_YEARS = (1970, 2999)
 
@@ -48,20 +49,6 @@ def valid_night(night: object) -> bool:
 def valid_expid(expid: object) -> bool:
     """Whether `expid` is an exposure id: 8 ASCII digits."""
     return isinstance(expid, str) and len(expid) == 8 and expid.isascii() and expid.isdigit()
-
-
-def marker_path(
-    state: str | os.PathLike, stream: str, night: str, expid: str | None, stage: str
-) -> Path:
-    """The marker of `stage` for an exposure, or for a night when `expid` is None."""
-    if expid is None:
-        return Path(state, stream, f"{night}.{stage}")
-    return Path(state, stream, night, f"{expid}.{stage}")
-
-
-def failure_path(marker: str | os.PathLike) -> Path:
-    """Where the failure record of `marker` lives."""
-    return Path(f"{marker}{FAILED}")
 
 
 def utc_timestamp(when: dt.datetime | None = None) -> str:

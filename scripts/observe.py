@@ -19,7 +19,8 @@ from scripts.hpss import hpss_status
 from scripts.markers import failure_path, marker_path, read_record, write_failure
 from scripts.plan import Observation, Plan, StreamObservation
 from scripts.remote import Listing, RemoteError, list_exposures
-from scripts.status import listing_cache_path, record_hpss_status
+from scripts.state_layout import listing_cache_path
+from scripts.status import record_hpss_status
 from scripts.targets import due, marker_nights, scan_night
 
 log = logging.getLogger("observe")

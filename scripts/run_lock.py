@@ -34,7 +34,6 @@ from typing import IO
 
 #: The lanes, in the order the cron entry runs them: fresh data first.
 LANES = ("exposures", "nights")
-LANE_DIRECTORY = ".lanes"
 ENV_FD = "DESITRANSFER_LOCK_FD"
 #: The locks of the running process, kept open (and so held) until it exits.
 _HELD: dict[str, IO] = {}
@@ -98,9 +97,7 @@ def _open_private(path: Path, lane: str) -> int:
     return fd
 
 
-def lock_path(state: str | os.PathLike, lane: str) -> Path:
-    """The lock file of `lane`."""
-    return Path(state) / LANE_DIRECTORY / f"{lane}.lock"
+from scripts.state_layout import lock_path  # noqa: E402,F401 (the lanes' too)
 
 
 def try_lock(state: str | os.PathLike, lane: str) -> IO | None:

@@ -11,9 +11,9 @@ import datetime as dt
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from scripts.markers import FAILED, read_record, valid_expid, valid_night
+from scripts.state_layout import night_directory, stream_directory
 
 
 @dataclass
@@ -28,7 +28,7 @@ def scan_night(state: str | os.PathLike, stream: str, night: str) -> NightState:
     """Read the marker directory of one night: one ``scandir``, no per-file ``stat``."""
     found = NightState()
     try:
-        entries = os.scandir(Path(state, stream, night))
+        entries = os.scandir(night_directory(state, stream, night))
     except FileNotFoundError:
         return found
     with entries:
@@ -90,7 +90,7 @@ def marker_nights(state: str | os.PathLike, stream: str, first_night: str) -> li
     size. Whether a night holds installed exposures is `scan_night`'s to say.
     """
     try:
-        entries = os.scandir(Path(state, stream))
+        entries = os.scandir(stream_directory(state, stream))
     except FileNotFoundError:
         return []
     with entries:

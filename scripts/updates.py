@@ -34,6 +34,7 @@ from scripts.markers import (
 )
 from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove, remove_pinned
 from scripts.rsync import changed_exposures, changed_files, rsync_command
+from scripts.state_layout import night_directory
 from scripts.targets import scan_night
 
 log = logging.getLogger("catch_up")
@@ -102,7 +103,7 @@ def swapped(archive: Path, journal: dict) -> bool:
 def finish_interrupted_updates(config: dict, stream: Stream, night: str) -> None:
     """A run killed between a swap and its records left a journal: finish the records
     if the swap happened (the archive holds the journal's directory), else drop it."""
-    for journal_path in Path(config["state"], stream.name, night).glob("*.updating"):
+    for journal_path in night_directory(config["state"], stream.name, night).glob("*.updating"):
         expid = journal_path.name.split(".", 1)[0]
         journal = read_record(journal_path) or {}
         if journal and swapped(stream.destination_exposure(night, expid), journal):

@@ -204,7 +204,7 @@ def test_hung_rsync_ends_as_a_timed_out_failure(site, sshd):
     # would not write it: previews change nothing).
     from scripts.configuration import get_now, with_defaults
     from scripts.remote import first_night, list_exposures
-    from scripts.status import listing_cache_path
+    from scripts.state_layout import listing_cache_path
 
     config = with_defaults(dict(site.config))
     stream = config["streams"]["DESI_SPECTRO_DATA"]

@@ -24,7 +24,7 @@ from scripts.remote import (
     parse_listing,
     printable_path,
 )
-from scripts.status import listing_cache_path
+from scripts.state_layout import listing_cache_path
 
 SOURCE = "/data/dts/exposures/raw"
 EPOCH = "1795917545.0000000000"

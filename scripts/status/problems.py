@@ -47,6 +47,7 @@ from scripts.lanes import stalled_lanes
 from scripts.markers import FAILED, failure_path, marker_path, read_record
 from scripts.remote import first_night
 from scripts.run_lock import LANES
+from scripts.state_layout import configuration_path, night_directory, unreachable_path
 from scripts.status.model import NightStatus
 from scripts.status.reading import (
     NightFiles,
@@ -55,7 +56,6 @@ from scripts.status.reading import (
     read_night,
     scan_stream,
 )
-from scripts.status.run_records import configuration_path, unreachable_path
 from scripts.time_limits import lane_seconds
 
 #: The words a person reads for each stage.
@@ -204,7 +204,7 @@ def stream_problems(config: dict, stream: str, now: dt.datetime,
     oldest = first_night(now, config["lookback_nights"])
     out = []
     for night, files in sorted(index.items(), reverse=True):
-        names = directory_names(Path(state, stream, night)) if files.directory else []
+        names = directory_names(night_directory(state, stream, night)) if files.directory else []
         if any(n.endswith(FAILED) for n in [*names, *files.files]):
             status = read_night(state, stream, night, files, only_failures=True)
             # Which night-level markers exist is all `night_action` needs of them.

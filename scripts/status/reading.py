@@ -22,6 +22,12 @@ from scripts.markers import (
     valid_night,
     write_json_atomic,
 )
+from scripts.state_layout import (
+    hpss_status_path,
+    listing_cache_path,
+    night_directory,
+    stream_directory,
+)
 from scripts.status.model import ExposureStatus, NightStatus
 
 #: Exposure records the status reads: the stages, and the catch-up's ``updated``.
@@ -45,7 +51,7 @@ def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False) -> di
     """
     nights: dict[str, NightFiles] = {}
     try:
-        entries = os.scandir(Path(state, stream))
+        entries = os.scandir(stream_directory(state, stream))
     except (FileNotFoundError, NotADirectoryError):
         return nights
     with entries:
@@ -133,10 +139,10 @@ def read_night(state: str | os.PathLike, stream: str, night: str,
         stage, failed = split_stage(name[9:])
         if not is_night_stage(stage) or (only_failures and not failed):
             continue
-        record = read_marker(Path(state, stream, name))
+        record = read_marker(stream_directory(state, stream) / name)
         (status.failures if failed else status.stages)[stage] = record
     if files.directory:
-        _read_exposures(status, Path(state, stream, night), only_failures)
+        _read_exposures(status, night_directory(state, stream, night), only_failures)
     for expid in listed:
         exposure = status.exposures.setdefault(expid, ExposureStatus(stream, night, expid))
         exposure.listed = True
@@ -146,9 +152,6 @@ def read_night(state: str | os.PathLike, stream: str, night: str,
     return status
 
 
-def listing_cache_path(state: str | os.PathLike, stream: str) -> Path:
-    """Where the workflow keeps a stream's last mountain listing (see rules/common.smk)."""
-    return Path(state, ".listing", f"{stream}.json")
 
 
 def read_listing(state: str | os.PathLike, stream: str) -> tuple[dict[str, set[str]],
@@ -166,9 +169,6 @@ def read_listing(state: str | os.PathLike, stream: str) -> tuple[dict[str, set[s
     return nights, when
 
 
-def hpss_status_path(state: str | os.PathLike) -> Path:
-    """Where the workflow records the last answer of the HPSS status endpoint."""
-    return Path(state, ".hpss_status.json")
 
 
 def record_hpss_status(state: str | os.PathLike, ready: bool, why: str) -> None:

@@ -15,6 +15,7 @@ from scripts.configuration import get_now, with_defaults
 from scripts.joblog import file_handler
 from scripts.lanes import lane_activity
 from scripts.markers import read_record, write_json_atomic
+from scripts.state_layout import logs_directory, status_directory
 from scripts.status.backlog import classify, night_backlog
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import BacklogItem, NightStatus
@@ -48,9 +49,6 @@ class Report:
     year_files: list[str] = field(default_factory=list)  # relative to the page
 
 
-def status_directory(config: dict) -> Path:
-    """STATUS: the ``status`` key, by default ``STATE/status``."""
-    return Path(config.get("status") or Path(config["state"], "status"))
 
 
 def year_file_directory(config: dict, stream: str) -> Path:
@@ -138,7 +136,7 @@ def page_shows(config: dict, problems: list[Problem]) -> bool:
 
 
 def _status_log(config: dict) -> logging.Handler:
-    logs = Path(config["state"], "logs")
+    logs = logs_directory(config)
     logs.mkdir(parents=True, exist_ok=True)
     return file_handler(logs / "status.log")
 

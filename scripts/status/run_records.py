@@ -12,17 +12,9 @@ They are what `scripts.status.problems` reads for the two problems no marker hol
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from scripts.markers import FAILED, read_record, utc_timestamp, write_json_atomic
-
-
-def configuration_path(state: str | os.PathLike) -> Path:
-    return Path(state, ".configuration.failed")
-
-
-def unreachable_path(state: str | os.PathLike) -> Path:
-    return Path(state, ".alerts", "unreachable.json")
+from scripts.markers import read_record, utc_timestamp, write_json_atomic
+from scripts.state_layout import configuration_path, listing_failure_path, unreachable_path
 
 
 def record_configuration(state: str | os.PathLike, config_file: str,
@@ -42,7 +34,7 @@ def listing_failures(state: str | os.PathLike, streams: list[str], since: float)
     """Reasons of listing failures recorded by this run (after `since`, epoch seconds)."""
     reasons = []
     for stream in streams:
-        path = Path(state, ".listing", f"{stream}.json{FAILED}")
+        path = listing_failure_path(state, stream)
         try:
             if os.stat(path).st_mtime >= since:
                 reasons.append((read_record(path) or {}).get("reason", "unknown"))

@@ -1,0 +1,126 @@
+"""Where everything lives under STATE: the one module that builds those paths.
+
+::
+
+    STATE/STREAM/NIGHT/EXPID.STAGE        an exposure's marker (staged, checksummed,
+                                          installed, updated; .updating: a journal)
+    STATE/STREAM/NIGHT.STAGE              a night's marker (caughtup, backedup[.N])
+    MARKER.failed                         the failure record beside a marker
+    STATE/logs/STREAM/NIGHT/EXPID.STAGE.log, STATE/logs/STREAM/NIGHT.STAGE.log
+                                          the rules' logs (default of ``logs``)
+    STATE/status/                         DESI's status files (default of ``status``)
+    STATE/.listing/STREAM.json[.failed]   the listing cache, and why listing failed
+    STATE/.listing/STREAM.unlisted        the target of a stream's listing failure
+    STATE/.lanes/LANE.lock, LANE.json     a lane's lock and its activity record
+    STATE/.alerts/sent.json, unreachable.json
+                                          what was mailed; unreachable runs counted
+    STATE/.config/config-DIGEST.json      the configuration a job reads
+    STATE/.hpss_status.json               HPSS's last answer, for the status page
+    STATE/.configuration.failed           this run's configuration error
+
+No other module joins a path under STATE by hand: they call these.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Suffix of a failure record, beside the marker it would be.
+FAILED = ".failed"
+#: The lanes' locks and activity records.
+LANE_DIRECTORY = ".lanes"
+
+
+def stream_directory(state: str | os.PathLike, stream: str) -> Path:
+    """The markers of a stream: one directory per night, one file per night stage."""
+    return Path(state, stream)
+
+
+def night_directory(state: str | os.PathLike, stream: str, night: str) -> Path:
+    """The markers of a night's exposures."""
+    return Path(state, stream, night)
+
+
+def marker_path(state: str | os.PathLike, stream: str, night: str, expid: str | None,
+                stage: str) -> Path:
+    """The marker of `stage` for an exposure, or for a night when `expid` is None."""
+    if expid is None:
+        return Path(state, stream, f"{night}.{stage}")
+    return Path(state, stream, night, f"{expid}.{stage}")
+
+
+def failure_path(marker: str | os.PathLike) -> Path:
+    """Where the failure record of `marker` lives."""
+    return Path(f"{marker}{FAILED}")
+
+
+def logs_directory(config: dict) -> Path:
+    """LOGS: the ``logs`` key, by default ``STATE/logs``."""
+    return Path(config.get("logs") or Path(config["state"], "logs"))
+
+
+def rule_log_path(state: str | os.PathLike, stream: str, night: str, expid: str | None,
+                  stage: str) -> str:
+    """The log of a rule's job, parallel to its marker under ``STATE/logs``."""
+    return f"{marker_path(Path(state, 'logs'), stream, night, expid, stage)}.log"
+
+
+def status_directory(config: dict) -> Path:
+    """STATUS: the ``status`` key, by default ``STATE/status``."""
+    return Path(config.get("status") or Path(config["state"], "status"))
+
+
+def listing_cache_path(state: str | os.PathLike, stream: str) -> Path:
+    """Where the workflow keeps a stream's last mountain listing."""
+    return Path(state, ".listing", f"{stream}.json")
+
+
+def listing_failure_path(state: str | os.PathLike, stream: str) -> Path:
+    """Why the last listing of a stream failed, if it did."""
+    return failure_path(listing_cache_path(state, stream))
+
+
+def unlisted_target(state: str | os.PathLike, stream: str) -> str:
+    """The target a run gives a stream it could not list (a job that fails, saying why)."""
+    return str(Path(state, ".listing", f"{stream}.unlisted"))
+
+
+def listing_log_path(state: str | os.PathLike, stream: str) -> str:
+    """The log of a stream's listing-failure job."""
+    return str(Path(state, "logs", f"{stream}.listing.log"))
+
+
+def lock_path(state: str | os.PathLike, lane: str) -> Path:
+    """The lock file of `lane`."""
+    return Path(state) / LANE_DIRECTORY / f"{lane}.lock"
+
+
+def activity_path(state: str | os.PathLike, lane: str) -> Path:
+    """The activity record of `lane`."""
+    return Path(state) / LANE_DIRECTORY / f"{lane}.json"
+
+
+def ledger_path(state: str | os.PathLike) -> Path:
+    """What was mailed, so that each problem is mailed once."""
+    return Path(state, ".alerts", "sent.json")
+
+
+def unreachable_path(state: str | os.PathLike) -> Path:
+    """Consecutive runs that could not reach the mountain."""
+    return Path(state, ".alerts", "unreachable.json")
+
+
+def job_config_path(state: str | os.PathLike, digest: str) -> Path:
+    """The configuration a job reads, named by its content."""
+    return Path(state, ".config", f"config-{digest}.json")
+
+
+def hpss_status_path(state: str | os.PathLike) -> Path:
+    """HPSS's last answer, for the status page's backlog."""
+    return Path(state, ".hpss_status.json")
+
+
+def configuration_path(state: str | os.PathLike) -> Path:
+    """This run's configuration error, if any."""
+    return Path(state, ".configuration.failed")
