@@ -6,7 +6,9 @@
 import datetime as dt
 import hashlib
 import json
+import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -35,7 +37,8 @@ from scripts.state_layout import (
     unlisted_target,
 )
 from scripts.targets import not_backed_up
-from scripts.time_limits import job_minutes
+from scripts.job import ENV_RUN_PID
+from scripts.time_limits import job_minutes, job_seconds
 
 try:
     check_configuration(config)
@@ -230,6 +233,11 @@ JOB_PREFIX = (
 )
 
 
+# The jobs this Snakemake process starts watch it (scripts/job.py): when the run dies,
+# they end with it. Each Snakemake process (a Slurm job step's too) sets its own.
+os.environ[ENV_RUN_PID] = f"{socket.gethostname()}:{os.getpid()}"
+
+
 def get_job(module, rule, needs, extra=None):
     """Params function: the command line of a job, ``python -m scripts.MODULE`` with
     its arguments (scripts/job.py reads them). `needs` names the configuration
@@ -237,9 +245,11 @@ def get_job(module, rule, needs, extra=None):
     arguments. A `shell:` job never imports Snakemake: about half the cost of a
     `script:` job. The rule adds ``--output``, ``--log`` and ``--threads``."""
     config_file = get_job_config(needs)
+    # Every job's wall-clock limit (scripts/time_limits.py): the module is the step.
+    limit = job_seconds(config, module)
 
     def command(wildcards):
-        args = ["--config", config_file, "--rule", rule]
+        args = ["--config", config_file, "--rule", rule, "--time-limit", str(limit)]
         for name in ("stream", "night", "expid", "index"):
             if wildcards.get(name) is not None:
                 args += [f"--{name}", wildcards.get(name)]
