@@ -145,7 +145,7 @@ def tree(path: Path) -> dict[str, tuple[int, str]]:
 
 
 #: What differs between two sites by nature: when things happened.
-VARYING = ("time", "duration", "published")
+VARYING = ("time", "duration", "published", "identity")  # identity: the inode verified
 
 
 def state_view(site: Site) -> dict[str, dict]:
