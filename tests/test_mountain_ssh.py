@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from conftest import NIGHT, planned_jobs
+from conftest import NIGHT, STREAM, planned_jobs
 from loopback_sshd import free_port
 
 
@@ -28,6 +28,17 @@ def test_listing_is_cached_for_the_parses_of_one_run_only(site, sshd):
     over_ssh(site, sshd, listing_cache=3600)
     site.env["DESITRANSFER_RUN"] = "run-1"  # re-parses of one run (e.g. its Slurm jobs)
     site.exposure("00002010")
+    # The run's first parse lists and caches (a preview reads the cache, never writes
+    # it): done here as that parse does it.
+    from scripts.configuration import get_now, with_defaults
+    from scripts.remote import first_night, list_exposures
+    from scripts.state_layout import listing_cache_path
+
+    config = with_defaults(dict(site.config))
+    list_exposures(config["remote"], str(site.source),
+                   first_night(get_now(config), config["lookback_nights"]),
+                   cache_file=listing_cache_path(site.state, STREAM), cache_seconds=3600,
+                   run_id="run-1")
     assert planned_jobs(site.run("-n").stdout)["stage_exposure"] == 1
     site.exposure("00002011")  # the cached listing does not know it yet
     assert planned_jobs(site.run("-n").stdout)["stage_exposure"] == 1
