@@ -220,6 +220,48 @@ def test_htar_fail_exit(tape, src):
     assert not local(tape, ARCHIVE + ".idx").exists()
 
 
+def test_htar_skip_leaves_members_out_and_exits_70(tape, src, tmp_path):
+    """A member htar cannot read is left out: "HTAR SUCCESSFUL", then exit 70."""
+    member = f"{NIGHT}/00012345/desi-00012345.fits.fz"
+    proc = htar_create(tape, src, HTAR_SKIP="*/desi-*")
+    assert proc.returncode == 70
+    assert proc.stdout.splitlines()[-1] == "HTAR: HTAR SUCCESSFUL"
+    assert f"[{member}]" in proc.stderr and "skipped" in proc.stderr
+    assert f"HTAR: a   {member}" not in proc.stdout
+    listed = run([HTAR, "-tvf", ARCHIVE], tape, cwd=tmp_path)
+    assert listed.returncode == 0
+    names = [line.split()[-1] for line in listed.stdout.splitlines()]
+    assert member not in names and f"{NIGHT}/00012345/checksum-00012345.sha256sum" in names
+    with tarfile.open(local(tape, ARCHIVE)) as tar:
+        assert member not in tar.getnames()
+    # An htar that hides it: the same archive, exit 0.
+    proc = htar_create(tape, src, HTAR_SKIP="*/desi-*", HTAR_SKIP_EXIT=0)
+    assert proc.returncode == 0 and "skipped" in proc.stderr
+
+
+def test_htar_extracts_files_of_read_only_directories(tape, tmp_path):
+    """An archived directory of mode 0o2550 (a night on tape) is extracted with its
+    files, its mode set last; extraction writes nothing but below the cwd."""
+    top = tmp_path / "night"
+    exposure = top / NIGHT / "00012345"
+    exposure.mkdir(parents=True)
+    (exposure / "a.fits").write_bytes(b"a" * 1000)
+    os.chmod(exposure / "a.fits", 0o440)
+    os.chmod(exposure, 0o2550)
+    try:
+        assert htar_create(tape, top).returncode == 0
+        restore = tmp_path / "restore"
+        restore.mkdir()
+        proc = run([HTAR, "-xvf", ARCHIVE, f"{NIGHT}/00012345"], tape, cwd=restore)
+        assert proc.returncode == 0, proc.stderr
+        assert (restore / NIGHT / "00012345" / "a.fits").read_bytes() == b"a" * 1000
+        assert os.stat(restore / NIGHT / "00012345").st_mode & 0o777 == 0o550
+        assert sorted(p.name for p in restore.iterdir()) == [NIGHT]
+        os.chmod(restore / NIGHT / "00012345", 0o700)
+    finally:
+        os.chmod(exposure, 0o750)
+
+
 def test_htar_stderr_noise(tape, src):
     proc = htar_create(tape, src, HTAR_STDERR="WARNING: something odd happened")
     assert proc.returncode == 0
