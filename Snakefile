@@ -66,7 +66,7 @@ TARGETS = []
 if LANE != "nights":
     TARGETS += get_exposure_targets() + get_listing_failure_targets()
 if LANE != "exposures":
-    TARGETS += get_night_targets()
+    TARGETS += get_night_targets() + get_recall_targets()
 
 
 # Run in the main process even with a cluster executor: the target rule, the

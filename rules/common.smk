@@ -33,6 +33,8 @@ from scripts.state_layout import (
     listing_log_path,
     marker_path,
     night_directory,
+    recall_log_path,
+    recall_marker_path,
     rule_log_path,
     unlisted_target,
 )
@@ -71,6 +73,7 @@ wildcard_constraints:
     night="[0-9]{8}",
     expid="[0-9]{8}",
     index="[1-9][0-9]*",
+    day="[0-9]{8}",
 
 
 def get_marker(stage):
@@ -250,7 +253,7 @@ def get_job(module, rule, needs, extra=None):
 
     def command(wildcards):
         args = ["--config", config_file, "--rule", rule, "--time-limit", str(limit)]
-        for name in ("stream", "night", "expid", "index"):
+        for name in ("stream", "night", "expid", "index", "day"):
             if wildcards.get(name) is not None:
                 args += [f"--{name}", wildcards.get(name)]
         args += extra(wildcards) if extra else []
@@ -314,4 +317,28 @@ def get_night_targets():
     return [
         str(marker_path(STATE, s.stream, s.night, None, s.stage))
         for s in catch_ups + backups
+    ]
+
+
+def get_recall_marker():
+    """The marker path pattern of the daily tape recall (STATE/.recall/DAY.recalled)."""
+    return str(recall_marker_path(STATE, "{day}"))
+
+
+def get_recall_log():
+    """The log file pattern of the daily tape recall."""
+    return recall_log_path(STATE, "{day}")
+
+
+def get_recall_targets():
+    """The day's tape recall when it is due (PLAN: night lane, backup.recall_per_day
+    set, not yet done today, HPSS up)."""
+    return [str(recall_marker_path(STATE, PLAN.recall))] if PLAN.recall else []
+
+
+def get_recall_inputs(wildcards):
+    """Input function: this run's backups come first, so that a night put on tape
+    today can be drawn by today's recall."""
+    return [
+        str(marker_path(STATE, s.stream, s.night, None, s.stage)) for s in PLAN.backups
     ]

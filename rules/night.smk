@@ -1,6 +1,7 @@
 # Night-level stages: the morning catch-up of late files and the backup to tape.
 # Both wait for every listed exposure of the night to be installed. Jobs run as in
-# rules/exposure.smk (`python -m scripts.MODULE`, see get_job).
+# rules/exposure.smk (`python -m scripts.MODULE`, see get_job). Once a day, when
+# backup.recall_per_day is set, a few members are recalled from tape and verified.
 
 
 rule catch_up_night:
@@ -68,5 +69,24 @@ rule back_up_late_exposures:
             needs=["streams", "backup"],
             extra=get_backup_arguments,
         ),
+    shell:
+        "{params.job} --output {output:q} --log {log:q} --threads {threads}"
+
+
+rule recall_from_tape:
+    input:
+        get_recall_inputs,
+    output:
+        get_recall_marker(),
+    log:
+        get_recall_log(),
+    conda:
+        "../envs/desitransfer.yaml"
+    threads: 1
+    resources:
+        tape=1,
+        runtime=get_runtime("recall"),
+    params:
+        job=get_job("recall", "recall_from_tape", needs=["streams", "backup"]),
     shell:
         "{params.job} --output {output:q} --log {log:q} --threads {threads}"

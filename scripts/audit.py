@@ -2,6 +2,14 @@
 
     python -m scripts.audit [--config CONFIG] [--night NIGHT] [--stream NAME] [--threads N]
                             [--read-tape]
+    python -m scripts.audit [--config CONFIG] [--stream NAME] --recall N [--seed S]
+
+With ``--recall N``, the tape is proven readable instead (scripts/recall.py): N members
+chosen at random (``--seed``, logged, repeats a recall) are retrieved from the archives
+on tape, archive by archive (``htar -xf`` into a private scratch directory, removed
+afterwards; the tarball itself with the ``tar`` backend), and verified against their
+exposures' checksum files; one line per problem, exit 0 only when every member
+matches. Its result is recorded for the status page (``STATE/.recall``).
 
 For every installed exposure of every stream (or of one night, or one stream):
 
@@ -31,8 +39,9 @@ escaped, so no raw control character or undecodable byte reaches the terminal),
 written as soon as it is found; a summary goes to stderr. The exit status is 0 when
 everything holds, 1 when a problem was found, 2 for a bad configuration or argument.
 
-Nothing is ever written: no chmod, no marker, no cache. One exposure is held in memory
-at a time; its files are hashed by `verify_exposure` with ``--threads`` threads.
+Nothing is ever written (a recall writes its scratch copy, removed at once, and its
+result record under ``STATE/.recall``): no chmod, no marker, no cache. One exposure is
+held in memory at a time; its files are hashed by `verify_exposure` with ``--threads`` threads.
 """
 
 from __future__ import annotations
@@ -631,6 +640,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with the htar backend, also read every archive's bytes from"
                              " HPSS (hsi get: a recall from tape) and check them against"
                              " the checksum files, as the tar backend's always are")
+    parser.add_argument("--recall", type=int, metavar="N",
+                        help="retrieve N members chosen at random from the archives on tape"
+                             " and verify them against their checksum files")
+    parser.add_argument("--seed", type=int,
+                        help="the seed of --recall's random choice (default: a new one,"
+                             " printed: the same seed on the same state repeats a recall)")
     return parser.parse_args(argv)
 
 
@@ -639,7 +654,33 @@ def argument_error(args: argparse.Namespace) -> str | None:
         return f"--night {args.night}: expected YYYYMMDD"
     if args.threads is not None and args.threads < 1:
         return f"--threads {args.threads}: expected at least 1"
+    if args.recall is not None and args.recall < 1:
+        return f"--recall {args.recall}: expected a number of members, at least 1"
+    if args.seed is not None and args.recall is None:
+        return "--seed: only with --recall N"
+    if args.recall is not None and (args.night or args.read_tape):
+        return "--recall: not with --night or --read-tape"
     return None
+
+
+def recall_main(config: dict, streams: list[Stream], count: int, seed: int | None) -> int:
+    """``--recall N``: recall N members, verify them; 0 only when every member matches."""
+    from scripts.recall import recall, summary
+
+    if config["backup"]["backend"] == "none":
+        print("audit: --recall: backup.backend is none: there is no tape to recall from",
+              file=sys.stderr)
+        return 2
+    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
+    print(f"audit: recall of {count} members, seed {seed} (--seed {seed} repeats it)",
+          file=sys.stderr)
+    start = time.monotonic()
+    result = recall(config, count, seed, out=sys.stdout,
+                    streams={stream.name: stream for stream in streams})
+    print(summary(result, time.monotonic() - start), file=sys.stderr)
+    if not result.members and not result.lines:
+        print("audit: --recall: no archive on tape holds an exposure yet", file=sys.stderr)
+    return 1 if result.lines else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -656,6 +697,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
+    if args.recall is not None:
+        try:
+            return recall_main(config, streams, args.recall, args.seed)
+        except BackupError as err:  # the scratch directory refused
+            print(f"audit: --recall: {err}", file=sys.stderr)
+            return 2
     audit = Audit(sys.stdout, threads=args.threads or config["verify"]["threads"])
     start = time.monotonic()
     try:

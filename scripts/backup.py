@@ -17,8 +17,11 @@ naming, e.g. ``desi/spectro/data/desi_spectro_data_20261128.tar``).
    (``0o2550``), and ``htar -cvhf HPSSDIR/NAME.tar -H crc:verify=all NIGHT`` from the
    destination. A ``.tar`` left without its ``.idx`` by a failed attempt is written
    again under the same name (htar overwrites it); a complete archive never is.
-3. Backed up only if htar exited 0 *and* a fresh listing shows both files. The record's
-   exposures are those htar reports it archived.
+3. Backed up only if htar exited 0 *and* a fresh listing shows both files *and* the
+   archive's member list (``htar -tvf``, or the tar backend's index) is, name for name
+   and size for size, the files that were meant to go in. htar's exit 70 ("HTAR
+   SUCCESSFUL" with members skipped) is a failure. The record's exposures are those
+   htar reports it archived.
 
 Exposures installed after their night went to tape go into a supplementary archive
 ``NAME.1.tar``, ``NAME.2.tar``, …; the night's record lists every archive with the
@@ -51,7 +54,13 @@ from scripts.markers import (
 )
 from scripts.permissions import DIR_MODE_BACKUP, set_tree_modes
 from scripts.tape import Tape
-from scripts.tape_contents import by_exposure, differences, exposure_on_disk
+from scripts.tape_contents import (
+    by_exposure,
+    differences,
+    exposure_on_disk,
+    files_to_archive,
+    member_list_differences,
+)
 from scripts.targets import not_backed_up
 from scripts.updates import CatchUpError, catch_up_night
 
@@ -196,11 +205,13 @@ def write_and_confirm(tape: Tape, stream: Stream, night: str, index: int,
         log.warning("%s/%s is on tape without its .idx (an earlier attempt failed):"
                     " writing it again.", stream.hpss, name)
     log.info("Backing up %s to %s/%s (%s)", night, stream.hpss, name, ", ".join(members))
+    meant = files_to_archive(stream.destination, members)
     files = tape.write(name, members)
     after = tape.listing()
     if not archive_complete(after, name):
         raise BackupError(f"{stream.hpss}/{name} and its .idx are not both in the archive"
                           " after the backup; it will be tried again")
+    check_member_list(tape, stream, name, meant)
     held = exposures_in(files, night)
     absent = sorted(set(expids) - held)
     if absent:
@@ -209,6 +220,26 @@ def write_and_confirm(tape: Tape, stream: Stream, night: str, index: int,
     return {"name": name, "path": f"{stream.hpss}/{name}", "size": after[name],
             "members": len(files), "exposures": sorted(held),
             "time": utc_timestamp(), "duration": round(time.monotonic() - start, 3)}
+
+
+def check_member_list(tape: Tape, stream: Stream, name: str, meant: dict[str, int]) -> None:
+    """The archive just written holds exactly the files meant to go in (names and
+    sizes), by its own index (``htar -tvf``, or the tar backend's ``.idx``).
+
+    Raises
+    ------
+    BackupError
+        It does not: the night is not backed up. The archive stays (complete on
+        tape, it is never overwritten); the next run adopts it from its members, file
+        by file, and what it lacks goes into the next supplementary archive.
+    """
+    found = member_list_differences(meant, tape.member_list(name))
+    if found:
+        for line in found:
+            log.error("%s/%s: %s", stream.hpss, name, line)
+        raise BackupError(f"{stream.hpss}/{name} does not hold what was meant to go in"
+                          f" ({len(found)} file(s): {found[0]}"
+                          + (", …" if len(found) > 1 else "") + ")")
 
 
 def held_by(archives: list[dict]) -> list[str]:

@@ -261,10 +261,12 @@ def bookkeeping_directories(config: dict) -> list[tuple[str, str]]:
     """The directories of the workflow's own files: state, status and logs
     (status and logs default to STATE/status and STATE/logs)."""
     state = config["state"]
+    scratch = (config.get("backup") or {}).get("recall_scratch")
     return [
         ("state", state),
         ("status", str(status_directory(config))),
         ("logs", str(logs_directory(config))),
+        *([("backup.recall_scratch", scratch)] if scratch else []),
     ]
 
 

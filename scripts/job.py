@@ -257,7 +257,7 @@ class Job:
         self.time_limit = args.time_limit
         self.config_file = args.config
         self.wildcards = Wildcards({name: value for name in ("stream", "night", "expid",
-                                                             "index")
+                                                             "index", "day")
                                     if (value := getattr(args, name)) is not None})
         self.params = SimpleNamespace(published=args.published or None,
                                       exposures=_names(args.exposures),
@@ -286,7 +286,8 @@ def parse_job(argv: list[str]) -> Job:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=None,
                         help="wall-clock limit of the job, seconds (none: unsupervised)")
-    for name in ("stream", "night", "expid", "index", "published", "exposures", "held"):
+    for name in ("stream", "night", "expid", "index", "day", "published", "exposures",
+                 "held"):
         parser.add_argument(f"--{name}")
     return Job(parser.parse_args(argv))
 

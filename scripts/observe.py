@@ -19,7 +19,7 @@ from scripts.hpss import hpss_status
 from scripts.markers import failure_path, marker_path, read_record, write_failure
 from scripts.plan import Observation, Plan, StreamObservation
 from scripts.remote import Listing, RemoteError, list_exposures
-from scripts.state_layout import listing_cache_path
+from scripts.state_layout import listing_cache_path, recall_marker_path
 from scripts.status import record_hpss_status
 from scripts.targets import due, marker_nights, scan_night
 
@@ -100,7 +100,15 @@ def observe(config: dict, streams: dict[str, Stream], now: dt.datetime, first_ni
             seen[name] = StreamObservation(None, error)
             continue
         seen[name] = observe_stream(config, stream, listing, now, first_night, lane, preview)
-    return Observation(now, seen)
+    return Observation(now, seen, recalled=observe_recall(config, now, lane))
+
+
+def observe_recall(config: dict, now: dt.datetime, lane: str | None) -> bool | None:
+    """Whether the daily tape recall of `now`'s day is done (None: not asked for)."""
+    backup = config["backup"]
+    if lane == "exposures" or backup["backend"] == "none" or not backup.get("recall_per_day"):
+        return None
+    return recall_marker_path(config["state"], now.strftime("%Y%m%d")).exists()
 
 
 def with_hpss(config: dict, observation: Observation, plan: Plan,

@@ -57,6 +57,9 @@ class Observation:
     streams: Mapping[str, StreamObservation]
     #: HPSS's availability (ready, why not): None when it was not asked.
     hpss: tuple[bool, str] | None = None
+    #: Whether the daily tape recall of `now`'s day is done (None: not looked at, as
+    #: when ``backup.recall_per_day`` is 0 or in the exposure lane).
+    recalled: bool | None = None
 
     @property
     def locked(self) -> bool:
@@ -104,6 +107,10 @@ class Plan:
     #: Streams that could not be listed: name -> one line.
     unlisted: Mapping[str, str] = field(default_factory=dict)
     locked: bool = False
+    #: The day (UTC ``YYYYMMDD``) whose tape recall this run makes, if any.
+    recall: str | None = None
+    #: Why the day's recall waits (HPSS down), if it does.
+    recall_deferred: str | None = None
 
     @property
     def draining(self) -> bool:
@@ -117,7 +124,18 @@ class Plan:
     @property
     def wants_hpss(self) -> bool:
         """Whether backups are planned, so that HPSS's status must be asked."""
-        return bool(self.backups) or any(s.stage != CATCH_UP for s, _ in self.deferred)
+        return (bool(self.backups) or any(s.stage != CATCH_UP for s, _ in self.deferred)
+                or self.recall is not None or self.recall_deferred is not None)
+
+
+def recall_day(config: dict, observation: Observation, lane: str | None) -> str | None:
+    """The day whose tape recall is due: in the night lane (or a run of all lanes),
+    with ``backup.recall_per_day`` set and a backend, once per UTC day."""
+    backup = config["backup"]
+    if (lane == "exposures" or backup["backend"] == "none"
+            or not backup.get("recall_per_day") or observation.recalled is not False):
+        return None
+    return observation.now.strftime("%Y%m%d")
 
 
 def due_stages(config: dict, observation: Observation, stream: str, night: str) -> list[str]:
@@ -202,12 +220,15 @@ def make_plan(config: dict, observation: Observation, lane: str | None,
         stages, waiting = night_work(config, observation,
                                      ready_only=lane == "nights" or (bounded and lane is None))
     deferred = []
+    recall, recall_deferred = recall_day(config, observation, lane), None
     if observation.hpss is not None and not observation.hpss[0]:
         deferred = [(s, observation.hpss[1])
                     for s in stages if s.stage != CATCH_UP]
         stages = [s for s in stages if s.stage == CATCH_UP]
+        if recall is not None:
+            recall, recall_deferred = None, observation.hpss[1]
     return Plan(lane, exposures, pending, tuple(stages), tuple(deferred), tuple(waiting),
-                held, unlisted)
+                held, unlisted, recall=recall, recall_deferred=recall_deferred)
 
 
 def _exposures_by_night(exposures: tuple[tuple[str, str, str], ...]) -> list[str]:
@@ -243,6 +264,10 @@ def describe(plans: Mapping[str, Plan]) -> list[str]:
             lines += [f"  {s.stream} {s.night} {s.stage}: deferred: {why}"
                       for s, why in plan.deferred]
             lines += [f"  {stream} {night}: {why}" for stream, night, why in plan.waiting]
+            if plan.recall:
+                lines.append(f"  tape recall of {plan.recall}: due")
+            elif plan.recall_deferred:
+                lines.append(f"  tape recall: deferred: {plan.recall_deferred}")
     held = sorted({h for plan in plans.values() for h in plan.held})
     lines.append(f"held: {len(held)} exposure(s)" + (": " + ", ".join(
         f"{s} {n}/{e}" for s, n, e in held) if held else ""))

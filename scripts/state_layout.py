@@ -17,6 +17,12 @@
     STATE/.config/config-DIGEST.json      the configuration a job reads
     STATE/.hpss_status.json               HPSS's last answer, for the status page
     STATE/.configuration.failed           this run's configuration error
+    STATE/.recall/DAY.recalled[.failed]   the night lane's daily tape recall (its marker)
+    STATE/.recall/last.json               the last tape recall's result, for the page
+    STATE/.recall/mismatches.json         members a recall found bad, not yet found good
+    STATE/.recall/scratch/                recalled members, while they are verified
+                                          (default of ``backup.recall_scratch``)
+    STATE/logs/recall/DAY.recalled.log    the daily recall's log
 
 No other module joins a path under STATE by hand: they call these.
 """
@@ -124,3 +130,34 @@ def hpss_status_path(state: str | os.PathLike) -> Path:
 def configuration_path(state: str | os.PathLike) -> Path:
     """This run's configuration error, if any."""
     return Path(state, ".configuration.failed")
+
+
+#: The tape recalls' records.
+RECALL_DIRECTORY = ".recall"
+
+
+def recall_marker_path(state: str | os.PathLike, day: str) -> Path:
+    """The marker of the night lane's tape recall of `day` (UTC ``YYYYMMDD``)."""
+    return Path(state, RECALL_DIRECTORY, f"{day}.recalled")
+
+
+def recall_log_path(state: str | os.PathLike, day: str) -> str:
+    """The log of the daily tape recall of `day`."""
+    return str(Path(state, "logs", "recall", f"{day}.recalled.log"))
+
+
+def recall_record_path(state: str | os.PathLike) -> Path:
+    """The last tape recall's result (by hand or daily), for the status page."""
+    return Path(state, RECALL_DIRECTORY, "last.json")
+
+
+def recall_mismatches_path(state: str | os.PathLike) -> Path:
+    """The members a tape recall found bad and no later recall found good."""
+    return Path(state, RECALL_DIRECTORY, "mismatches.json")
+
+
+def recall_scratch_directory(config: dict) -> Path:
+    """Where recalled members are verified: ``backup.recall_scratch``, by default
+    ``STATE/.recall/scratch``."""
+    scratch = (config.get("backup") or {}).get("recall_scratch")
+    return Path(scratch or Path(config["state"], RECALL_DIRECTORY, "scratch"))

@@ -18,6 +18,7 @@ from typing import BinaryIO
 from scripts.commands import run
 from scripts.configuration import Stream
 from scripts.hpss import (
+    SUCCESS_LINE,
     BackupError,
     Member,
     hsi_list,
@@ -29,6 +30,9 @@ from scripts.hpss import (
 from scripts.tar_archive import archive_members, list_archives, write_archive
 
 log = logging.getLogger("backup")
+#: htar's exit status when it wrote the archive but left members out ("HTAR
+#: SUCCESSFUL" is printed all the same): a failed backup.
+SKIPPED_STATUS = 70
 
 
 class Tape:
@@ -154,6 +158,13 @@ class Tape:
             return write_archive(self.directory, name, cwd, members)["members"]
         command = htar_command(self.backup["hpss_bin"], f"{self.stream.hpss}/{name}", members)
         result = run(command, timeout=self.backup["timeout"], cwd=cwd)
+        if result.returncode == SKIPPED_STATUS and SUCCESS_LINE in result.stdout.splitlines():
+            skipped = [line.strip() for line in result.stderr.splitlines()
+                       if "skipped" in line.lower()]
+            raise BackupError(f"htar said HTAR SUCCESSFUL but exited {SKIPPED_STATUS}:"
+                              " members were skipped"
+                              + (f" ({skipped[0][:300]})" if skipped else "")
+                              + f"; command was: {' '.join(command)}")
         if not result.ok:
             raise BackupError(f"HTAR backup failed ({result.describe()}); command was:"
                               f" {' '.join(command)}")

@@ -7,13 +7,19 @@ older version: the backup that adopts such an archive records the exposure as
 ``outdated`` there, and it goes into the night's next supplementary archive. The
 audit compares the newest archive that lists an exposure with the exposure on disk.
 
-Deciding is pure (`by_exposure`, `differences`); `exposure_on_disk` only reads.
+After each write, the archive's own member list must be what was meant to go in: the
+regular files below the archived paths, names and sizes (`files_to_archive`,
+`member_list_differences`).
+
+Deciding is pure (`by_exposure`, `differences`, `member_list_differences`);
+`exposure_on_disk` and `files_to_archive` only read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,4 +127,62 @@ def differences(disk: dict[str, DiskFile], held: dict[str, Member], archive: str
         elif member.sha256 and on_disk.sha256 and member.sha256 != on_disk.sha256:
             what = "the file on disk" if path == checksum_name else checksum_name
             found.append((path, f"content in {archive} differs from {what}"))
+    return found
+
+
+def files_to_archive(top: Path, paths: Iterable[str]) -> dict[str, int]:
+    """The regular files below `paths` (relative to `top`, as given to htar), by
+    their names as archived (relative to `top`), with their sizes.
+
+    Links are followed as ``htar -h`` follows them (there are none in an installed
+    night: the audit reports them).
+
+    Raises
+    ------
+    OSError
+        A path cannot be read: the archive cannot be checked.
+    """
+    files: dict[str, int] = {}
+    for path in paths:
+        start = os.path.join(os.fspath(top), path)
+        if os.path.isfile(start):
+            files[path] = os.stat(start).st_size
+            continue
+
+        def fail(error: OSError) -> None:
+            raise error
+
+        for directory, _, names in os.walk(start, onerror=fail, followlinks=True):
+            relative = os.path.relpath(directory, top)
+            for name in names:
+                info = os.stat(os.path.join(directory, name))
+                if stat.S_ISREG(info.st_mode):
+                    files[f"{relative}/{name}"] = info.st_size
+    return files
+
+
+def member_list_differences(expected: dict[str, int], members: Iterable[Member]
+                            ) -> list[str]:
+    """How an archive's member list differs from the files meant to go in.
+
+    Returns
+    -------
+    list of str
+        One line per file missing from the archive, in it but not meant to be, or
+        of another size there; empty when the two agree, names and sizes.
+    """
+    held = {}
+    for member in members:
+        name = member.name
+        while name.startswith("./"):
+            name = name[2:]
+        held[name] = member.size
+    found = []
+    for name in sorted(set(expected) | set(held)):
+        if name not in held:
+            found.append(f"{name}: not in the archive")
+        elif name not in expected:
+            found.append(f"{name}: in the archive, not meant to be")
+        elif held[name] != expected[name]:
+            found.append(f"{name}: {held[name]} bytes in the archive, {expected[name]} on disk")
     return found

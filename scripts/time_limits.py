@@ -24,7 +24,7 @@ INSTALL_SECONDS = 1800
 def step_seconds(config: dict, step: str) -> int:
     """The configured time limits of what one job of `step` does, without the margin.
 
-    `step` is one of stage, verify, install, catch_up, backup.
+    `step` is one of stage, verify, install, catch_up, backup, recall.
     """
     remote, attempts = config["remote"], config["verify"]["max_attempts"]
     fetch = remote["timeout"] + remote["transfer_timeout"]  # link check, then rsync
@@ -36,6 +36,9 @@ def step_seconds(config: dict, step: str) -> int:
         # the night's dry run, then (for one changed exposure) a copy and its checks
         "catch_up": remote["transfer_timeout"] + attempts * (fetch + HASHING_SECONDS),
         "backup": config["backup"]["timeout"],
+        # at most one htar per member recalled, each within backup.timeout
+        "recall": config["backup"]["timeout"] * max(1, config["backup"].get("recall_per_day",
+                                                                           0)),
     }[step]
 
 

@@ -29,6 +29,11 @@ checksum lock
     is transferred while it exists, so an abandoned one stops every stream.
 configuration
     a refused configuration (nothing runs until it is fixed).
+tape recall (``STATE/.recall/mismatches.json``)
+    each member a recall found bad (its content differs from its checksum file, or it
+    could not be recalled), until a later recall finds it good (every recall checks
+    such members again first); the daily recall's own failure
+    (``STATE/.recall/DAY.recalled.failed``) after ``verify.max_attempts`` attempts.
 any record with ``exception``
     an unexpected error in a rule script (a bug or the environment), at once.
 """
@@ -47,7 +52,13 @@ from scripts.lanes import stalled_lanes
 from scripts.markers import FAILED, failure_path, marker_path, read_record
 from scripts.remote import first_night
 from scripts.run_lock import LANES
-from scripts.state_layout import configuration_path, night_directory, unreachable_path
+from scripts.state_layout import (
+    configuration_path,
+    night_directory,
+    recall_marker_path,
+    recall_mismatches_path,
+    unreachable_path,
+)
 from scripts.status.model import NightStatus
 from scripts.status.reading import (
     NightFiles,
@@ -62,7 +73,7 @@ from scripts.time_limits import lane_seconds
 LABELS = {"staged": "staging", "checksummed": "verification", "installed": "install",
           "updated": "catch-up", "caughtup": "catch-up", "backedup": "backup",
           "listing": "listing", "configuration": "configuration",
-          "checksum_lock": "checksum lock", "lane": "lane run"}
+          "checksum_lock": "checksum lock", "lane": "lane run", "recall": "tape recall"}
 ALL_STREAMS = "all streams"
 STALE_ACTION = "back it up by hand or raise lookback_nights"
 
@@ -249,7 +260,47 @@ def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> 
             "check the host, the network and the ssh keys; transfers resume by themselves",
             str(unreachable_path(state)), subject_item=printable(host)))
     lock = checksum_lock_problem(config)
-    return [*out, *([] if lock is None else [lock]), *lane_problems(config)]
+    return [*out, *([] if lock is None else [lock]), *lane_problems(config),
+            *recall_problems(config)]
+
+
+RECALL_ACTION = ("the member on tape differs from its checksum file or cannot be read:"
+                 " recall it by hand (python -m scripts.audit --recall 1 checks it again"
+                 " first), compare with the archive on disk, and write the night's archive"
+                 " again; the problem clears when a recall finds the member good")
+
+
+def recall_problems(config: dict) -> list[Problem]:
+    """The members tape recalls found bad and no later recall found good, one
+    problem each, and a daily recall that failed ``verify.max_attempts`` times."""
+    state = config["state"]
+    path = recall_mismatches_path(state)
+    members = (read_record(path) or {}).get("members")
+    out = []
+    for entry in (members.values() if isinstance(members, dict) else []):
+        if not isinstance(entry, dict):
+            continue
+        member = str(entry.get("member", "?"))
+        parts = member.split("/", 2)
+        night, expid = (parts[0], parts[1]) if len(parts) == 3 else ("", None)
+        out.append(Problem(
+            printable(str(entry.get("stream", "?"))), printable(night), printable(expid)
+            if expid else None, "recall",
+            printable(f"{entry.get('archive', '?')}: {entry.get('reason', '?')}"),
+            "", printable(str(entry.get("since", ""))), RECALL_ACTION, str(path),
+            subject_item=printable(f"{entry.get('archive', '?')} {member}")))
+    directory = recall_marker_path(state, "00000000").parent
+    max_attempts = (config.get("verify") or {}).get("max_attempts", 3)
+    for failed in sorted(directory.glob(f"*.recalled{FAILED}")):
+        record = read_record(failed) or {}
+        if record.get("exception") or _exhausted(record, max_attempts):
+            out.append(Problem(
+                ALL_STREAMS, "", None, "recall", printable(record.get("reason", "?")),
+                record.get("attempts", "?"), printable(record.get("time", "")),
+                "the daily tape recall could not run: check its log (STATE/logs/recall);"
+                " the next run tries again", str(failed),
+                subject_item=f"daily recall {failed.name[:8]}"))
+    return out
 
 
 def checksum_lock_problem(config: dict) -> Problem | None:

@@ -15,7 +15,7 @@ from scripts.configuration import get_now, with_defaults
 from scripts.joblog import file_handler
 from scripts.lanes import lane_activity
 from scripts.markers import read_record, write_json_atomic
-from scripts.state_layout import logs_directory, status_directory
+from scripts.state_layout import logs_directory, recall_record_path, status_directory
 from scripts.status.backlog import classify, night_backlog
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import BacklogItem, NightStatus
@@ -47,6 +47,7 @@ class Report:
     lanes: list[dict] = field(default_factory=list)  # what each lane is doing now
     version: str = __version__
     year_files: list[str] = field(default_factory=list)  # relative to the page
+    recall: dict | None = None                # the last tape recall's result record
 
 
 
@@ -98,7 +99,8 @@ def build_report(config: dict, now: dt.datetime | None = None,
     shown.sort(key=lambda n: (n.night, n.stream), reverse=True)
     latency = latency_summary(e for n in shown for e in n.exposures.values())
     return Report(dt.datetime.now(dt.UTC), now, config, shown, problems, backlog, hpss,
-                  listings, latency, lane_activity(state))
+                  listings, latency, lane_activity(state),
+                  recall=read_record(recall_record_path(state)))
 
 
 def write_status(config: dict, now: dt.datetime | None = None, page: bool = True,
