@@ -267,39 +267,47 @@ def extracted(tape: Tape, archive: str, names: list[str], scratch_root: Path
         remove_tree(scratch)
 
 
-def _hash_stream(stream) -> tuple[str, int]:
-    digest, count = hashlib.sha256(), 0
-    while chunk := stream.read(_CHUNK):
-        digest.update(chunk)
-        count += len(chunk)
-    return digest.hexdigest(), count
-
-
 def read_from_tarball(path: Path, members: set[str], listings: set[str]
                       ) -> tuple[dict[str, tuple[str, int]], dict[str, bytes]]:
     """The tar backend: the SHA-256 and size of `members` and the bytes of `listings`
-    (checksum files), read from the tarball at `path` (headers walked, only the wanted
-    members' data read). Raises BackupError for a tarball that cannot be read."""
-    digests: dict[str, tuple[str, int]] = {}
-    texts: dict[str, bytes] = {}
+    (checksum files), read from the tarball at `path`.
+
+    `tarfile` walks the headers only (it seeks over the data); each wanted member's
+    data is then read once, straight from the file into the hashing buffer (through
+    tarfile's own reader it is copied twice: a third of the speed). Raises
+    BackupError for a tarball that cannot be read or is cut short.
+    """
     wanted = set(members) | set(listings)
+    where: dict[str, tuple[int, int]] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                if info.isreg() and info.name in wanted:
-                    stream = tar.extractfile(info)
-                    if info.name in listings:
-                        texts[info.name] = stream.read()
-                    if info.name in members:
-                        if info.name in texts:
-                            data = texts[info.name]
-                            digests[info.name] = (hashlib.sha256(data).hexdigest(), len(data))
-                        else:
-                            digests[info.name] = _hash_stream(stream)
-                    wanted.discard(info.name)
-                    if not wanted:
-                        break
-                tar.members.clear()
+        with open(path, "rb", buffering=0) as raw:
+            with tarfile.open(fileobj=raw, mode="r:") as tar:
+                for info in tar:
+                    if info.isreg() and info.name in wanted:
+                        where[info.name] = (info.offset_data, info.size)
+                        wanted.discard(info.name)
+                        if not wanted:
+                            break
+                    tar.members.clear()
+            digests, texts = {}, {}
+            buffer = bytearray(_CHUNK)
+            view = memoryview(buffer)
+            for name, (offset, size) in sorted(where.items(), key=lambda item: item[1]):
+                raw.seek(offset)
+                digest, left, kept = hashlib.sha256(), size, bytearray()
+                while left > 0:
+                    count = raw.readinto(view[:min(left, _CHUNK)])
+                    if not count:
+                        raise BackupError(f"cannot read {path}: cut short in the data of"
+                                          f" {name}")
+                    digest.update(view[:count])
+                    if name in listings:
+                        kept += view[:count]
+                    left -= count
+                if name in listings:
+                    texts[name] = bytes(kept)
+                if name in members:
+                    digests[name] = (digest.hexdigest(), size)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise BackupError(f"cannot read {path}: {err}") from None
     return digests, texts

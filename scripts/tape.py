@@ -161,8 +161,8 @@ class Tape:
         if result.returncode == SKIPPED_STATUS and SUCCESS_LINE in result.stdout.splitlines():
             skipped = [line.strip() for line in result.stderr.splitlines()
                        if "skipped" in line.lower()]
-            raise BackupError(f"htar said HTAR SUCCESSFUL but exited {SKIPPED_STATUS}:"
-                              " members were skipped"
+            raise BackupError(f"HTAR backup failed: htar exited with status {SKIPPED_STATUS}"
+                              " after 'HTAR SUCCESSFUL': members were skipped"
                               + (f" ({skipped[0][:300]})" if skipped else "")
                               + f"; command was: {' '.join(command)}")
         if not result.ok:

@@ -332,12 +332,13 @@ def test_unreadable_record_is_rebuilt_from_the_archive_members(site, tape):
     site.run()
     site.exposure("00004101")
     site.marker(NIGHT, None, "backedup").write_text('{"outcome": "backed up", "arch')
+    before = len(htar_calls(tape))  # the write's own check of its member list included
     site.run()
     record = site.record(NIGHT, None, "backedup")
     assert record["outcome"] == "adopted"
     assert record["archives"][0]["exposures"] == ["00004100"]
     assert record["exposures"] == ["00004100"] and record["not_on_tape"] == ["00004101"]
-    listing = [c for c in htar_calls(tape) if c[1] == "-tvf"]
+    listing = [c for c in htar_calls(tape)[before:] if c[1] == "-tvf"]
     assert listing == [["htar", "-tvf", f"{HPSS_DIR}/{tar_name()}"]]  # read, not assumed
     site.run()
     record = site.record(NIGHT, None, "backedup")

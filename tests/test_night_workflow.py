@@ -26,6 +26,11 @@ def tar_name(night: str, index: int = 0) -> str:
     return f"desi_spectro_data_{night}{'' if index == 0 else f'.{index}'}.tar"
 
 
+def htar_writes(tape: Path) -> list[list[str]]:
+    """The htar calls that wrote an archive (each is followed by its check, -tvf)."""
+    return [call for call in htar_calls(tape) if call[1] == "-cvhf"]
+
+
 def htar_calls(tape: Path) -> list[list[str]]:
     calls = tape / ".calls.jsonl"
     if not calls.exists():
@@ -87,7 +92,10 @@ def test_three_nights_of_backlog_are_backed_up_in_one_run(site, tape, status_ser
     assert not site.marker(NIGHT, None, "backedup").exists()
     assert site.marker(NIGHT, None, "caughtup").exists()
     assert status_server.requests == 1  # the endpoint is read once per run
-    calls = htar_calls(tape)
+    calls = htar_writes(tape)
+    # each archive written is checked against the night from its own index
+    assert [c for c in htar_calls(tape) if c[1] == "-tvf"] == [
+        ["htar", "-tvf", c[2]] for c in calls]
     assert sorted(calls) == sorted(
         ["htar", "-cvhf", f"{HPSS_DIR}/{tar_name(n)}", "-H", "crc:verify=all", n]
         for n in nights)
@@ -149,7 +157,7 @@ def test_htar_exit_70_without_idx_is_retried_under_the_same_name(site, tape):
     assert record["archives"][0]["exposures"] == ["00003301"]
     assert (tape / HPSS_DIR / f"{tar_name(NIGHT)}.idx").is_file()
     assert not (tape / HPSS_DIR / tar_name(NIGHT, 1)).exists()
-    assert htar_calls(tape)[-1] == htar_calls(tape)[0]  # the whole night, same name
+    assert htar_writes(tape)[-1] == htar_writes(tape)[0]  # the whole night, same name
 
 
 def test_stderr_with_exit_0_and_no_idx_is_a_failure(site, tape):
@@ -205,10 +213,10 @@ def test_exposure_arriving_after_backup_goes_to_a_supplementary_archive(site, ta
     assert record["archives"][1]["exposures"] == ["00003501"]
     assert record["exposures"] == ["00003500", "00003501"]
     assert (tape / HPSS_DIR / tar_name(NIGHT)).read_bytes() == first  # never overwritten
-    assert htar_calls(tape)[-1] == ["htar", "-cvhf", f"{HPSS_DIR}/{tar_name(NIGHT, 1)}", "-H",
-                                    "crc:verify=all", f"{NIGHT}/00003501"]
+    assert htar_writes(tape)[-1] == ["htar", "-cvhf", f"{HPSS_DIR}/{tar_name(NIGHT, 1)}",
+                                     "-H", "crc:verify=all", f"{NIGHT}/00003501"]
     site.run()  # and then the night is done
-    assert len(htar_calls(tape)) == 2
+    assert len(htar_writes(tape)) == 2
 
 
 def test_year_boundary(site, tape):
