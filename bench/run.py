@@ -52,6 +52,8 @@ SIZES = {
     "fresh_periods": ((10, 60), (10,)),
     # case 6: bytes of exposure data in the 100-night archive (the tarballs as much again)
     "audit_size": (10 * 10**9, 10**9),
+    # case 7: bytes of each of the 10 members a tape recall retrieves
+    "recall_size": (100 * 10**6, 20 * 10**6),
 }
 
 
@@ -60,7 +62,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smaller data (200 nights, 0.5 GB files, 60 exposures at most)")
-    parser.add_argument("--cases", default="1,2,3,4,5,6",
+    parser.add_argument("--cases", default="1,2,3,4,5,6,7",
                         help="comma-separated cases to run (default: all)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per measurement, median reported (default 3; cases 1 and"
@@ -118,7 +120,7 @@ class Cases:
 
 
 def run_all(opts) -> Cases:
-    from bench import audit, endtoend, freshness, scale, verification
+    from bench import audit, endtoend, freshness, recall, scale, verification
 
     cases = Cases(opts)
     scale_opts = argparse.Namespace(**vars(opts))
@@ -148,6 +150,9 @@ def run_all(opts) -> Cases:
                lambda: audit.run(opts, opts.audit_size))
     if not opts.keep:
         audit.clean()
+    cases.case(7, "a tape recall of 10 members against cat and openssl of the same bytes",
+               lambda: recall.run(opts, opts.recall_size))
+    recall.clean()
     return cases
 
 
