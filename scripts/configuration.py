@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.state_layout import logs_directory, status_directory
+from scripts.state_layout import logs_directory, metrics_path, status_directory
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 #: remote.host meaning "the SOURCE paths are on this machine" (see scripts.remote).
@@ -258,13 +258,15 @@ def data_directories(config: dict) -> list[tuple[str, str]]:
 
 
 def bookkeeping_directories(config: dict) -> list[tuple[str, str]]:
-    """The directories of the workflow's own files: state, status and logs
-    (status and logs default to STATE/status and STATE/logs)."""
+    """The directories of the workflow's own files: state, status, logs and the
+    metrics file's (status and logs default to STATE/status and STATE/logs, the
+    metrics file to STATUS/desitransfer.prom)."""
     state = config["state"]
     return [
         ("state", state),
         ("status", str(status_directory(config))),
         ("logs", str(logs_directory(config))),
+        ("metrics", str(metrics_path(config).parent)),
     ]
 
 
@@ -306,7 +308,7 @@ def check_paths(config: dict) -> None:
             else:
                 continue
             raise ConfigurationError(
-                f"{_describe(key, value, own)} {problem}; keep state, status and logs"
+                f"{_describe(key, value, own)} {problem}; keep state, status, logs and metrics"
                 " apart from the data (source, staging, destination, backup.archive)"
             )
 

@@ -52,6 +52,7 @@ from scripts.lanes import (
     note_busy,
 )
 from scripts.markers import read_record
+from scripts.metrics import metrics_after_run
 from scripts.run_lock import ENV_FD, LANES, RunLockRefused, lock_path, try_lock
 from scripts.state_layout import logs_directory
 
@@ -103,6 +104,7 @@ def alert(config: dict, config_file: Path, state: Path, run_start: float,
                           listing_failures(state, streams, since=run_start))
         if refused:  # Snakemake stopped before it could rebuild the page: show it there
             log.info(rebuild_after_run(config))
+            log.info(metrics_after_run(config))
         problems = current_problems(config, refused)
         if not refused and not page_shows(config, problems):
             # a problem no run's records changed (a stale checksum lock, a stalled

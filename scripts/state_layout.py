@@ -17,6 +17,8 @@
     STATE/.config/config-DIGEST.json      the configuration a job reads
     STATE/.hpss_status.json               HPSS's last answer, for the status page
     STATE/.configuration.failed           this run's configuration error
+    STATE/.metrics/STREAM.json            per-night figures behind the metrics file
+    STATUS/desitransfer.prom              the metrics (default of ``metrics``)
 
 No other module joins a path under STATE by hand: they call these.
 """
@@ -124,3 +126,18 @@ def hpss_status_path(state: str | os.PathLike) -> Path:
 def configuration_path(state: str | os.PathLike) -> Path:
     """This run's configuration error, if any."""
     return Path(state, ".configuration.failed")
+
+
+#: The metrics file's name in STATUS when the ``metrics`` key is not set.
+METRICS_FILE = "desitransfer.prom"
+
+
+def metrics_path(config: dict) -> Path:
+    """The metrics file (Prometheus text, for node_exporter's textfile collector): the
+    ``metrics`` key, by default ``STATUS/desitransfer.prom``."""
+    return Path(config.get("metrics") or status_directory(config) / METRICS_FILE)
+
+
+def metrics_cache_path(state: str | os.PathLike, stream: str) -> Path:
+    """Each night's figures behind the metrics, with the fingerprint they were read at."""
+    return Path(state, ".metrics", f"{stream}.json")

@@ -319,12 +319,15 @@ def test_rebuild_reads_only_the_nights_that_changed(known, monkeypatch):
 def test_report_judges_the_nights(known):
     report = status.build_report(known)
     states = {n.night: n.state for n in report.nights}
-    assert states == {"20261101": status.NIGHT_ATTENTION, "20261230": status.NIGHT_PROGRESS,
+    # 20261230 waits for HPSS and 20270101 for an exposure: both backups are more
+    # than alerts.backup_late_after (a day) late, and that needs a person.
+    assert states == {"20261101": status.NIGHT_ATTENTION, "20261230": status.NIGHT_ATTENTION,
                       "20261231": status.NIGHT_DONE, "20270101": status.NIGHT_ATTENTION,
                       "20270102": status.NIGHT_ATTENTION, "20270103": status.NIGHT_PROGRESS}
     problems = {(p.item, p.stage) for p in report.problems}
     assert problems == {("20261101", "backedup"), ("20270101/00001301", "checksummed"),
-                        ("20270101/00001302", "checksummed"), ("20270102", "backedup")}
+                        ("20270101/00001302", "checksummed"), ("20270102", "backedup"),
+                        ("20261230", "late"), ("20270101", "late")}
     held = next(p for p in report.problems if p.item == "20270101/00001302")
     assert held.reason == MISMATCH and held.attempts == 3
     assert str(failure_path(marker_path(known["state"], STREAM, "20270101", "00001302",
@@ -375,8 +378,10 @@ def test_command_one_night_and_failures(known, tmp_path, capsys):
     assert "installed with errors" in rows["00001301"]
     status.main(["--config", str(config), "--failures", "--json"])
     problems = json.loads(capsys.readouterr().out)
-    assert {p["item"] for p in problems} == {"20261101", "20270101/00001301",
-                                             "20270101/00001302", "20270102"}
+    assert {(p["item"], p["stage"]) for p in problems} == {
+        ("20261101", "backup"), ("20270101/00001301", "verification"),
+        ("20270101/00001302", "verification"), ("20270102", "backup"),
+        ("20261230", "late data"), ("20270101", "late data")}
     assert all(p["action"] and p["record"] for p in problems)
     status.main(["--config", str(config), "--night", "20270102", "--json"])
     exposures = json.loads(capsys.readouterr().out)

@@ -165,7 +165,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="publication → installed latency (median, p95, worst)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--write", action="store_true",
-                        help="rebuild STATUS/desi_transfer_status_YYYY.json and index.html")
+                        help="rebuild STATUS/desi_transfer_status_YYYY.json and index.html,"
+                             " and write the metrics file")
     args = parser.parse_args(argv)
     if args.night is not None and not valid_night(args.night):
         parser.error(f"--night {args.night}: expected YYYYMMDD, a real date")
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         try:
             written = write_status(config, now)
+            from scripts.metrics import write_metrics  # prometheus_client: only here
+
+            written.insert(-1, write_metrics(config, now))
         except OSError as err:
             print(f"status: cannot write the status files: {err}", file=sys.stderr)
             return 1

@@ -24,6 +24,10 @@ listing
 lane run
     a lane no run of which has ended for longer than its time limit (a hung run, or
     its lock held by something else).
+late data (`scripts.status.late`)
+    an exposure published more than ``alerts.late_after`` seconds ago and not
+    installed; a night whose backup has been due for more than
+    ``alerts.backup_late_after`` seconds and that has no backup.
 checksum lock
     the mountain's checksum lock older than ``remote.checksum_lock_max_age``: nothing
     is transferred while it exists, so an abandoned one stops every stream.
@@ -48,6 +52,8 @@ from scripts.markers import FAILED, failure_path, marker_path, read_record
 from scripts.remote import first_night
 from scripts.run_lock import LANES
 from scripts.state_layout import configuration_path, night_directory, unreachable_path
+from scripts.status.formatting import duration
+from scripts.status.late import LateExposure, LateNight, read_late
 from scripts.status.model import NightStatus
 from scripts.status.reading import (
     NightFiles,
@@ -62,7 +68,9 @@ from scripts.time_limits import lane_seconds
 LABELS = {"staged": "staging", "checksummed": "verification", "installed": "install",
           "updated": "catch-up", "caughtup": "catch-up", "backedup": "backup",
           "listing": "listing", "configuration": "configuration",
-          "checksum_lock": "checksum lock", "lane": "lane run"}
+          "checksum_lock": "checksum lock", "lane": "lane run", "late": "late data"}
+#: Stages whose label says the state itself ("late data"), not a failed step.
+STATE_STAGES = ("late",)
 ALL_STREAMS = "all streams"
 STALE_ACTION = "back it up by hand or raise lookback_nights"
 
@@ -213,7 +221,43 @@ def stream_problems(config: dict, stream: str, now: dt.datetime,
         stale = _stale_backup(config, stream, night, files, names, oldest)
         if stale is not None:
             out.append(stale)
-    return out + malformed_links(state, stream)
+    return out + malformed_links(state, stream) + late_problems(config, stream, now, index)
+
+
+def _utc(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def late_exposure_problem(config: dict, late: LateExposure) -> Problem:
+    """An exposure not installed `alerts.late_after` seconds after its publication."""
+    marker = marker_path(config["state"], late.stream, late.night, late.expid, "installed")
+    return Problem(
+        late.stream, late.night, late.expid, "late",
+        f"published at the mountain {duration(late.seconds)} ago ({_utc(late.published)})"
+        f" and not installed (alerts.late_after: {config['alerts']['late_after']} s)",
+        "", _utc(late.published),
+        "find why it is not installed: its other problems here, the backlog, its rule"
+        " logs under STATE/logs; this clears when it is installed", str(marker))
+
+
+def late_night_problem(config: dict, late: LateNight) -> Problem:
+    """A night not on tape `alerts.backup_late_after` seconds after its backup was due."""
+    marker = marker_path(config["state"], late.stream, late.night, None, "backedup")
+    return Problem(
+        late.stream, late.night, None, "late",
+        f"backup due since {_utc(late.due)} ({duration(late.seconds)} ago, more than"
+        f" alerts.backup_late_after: {config['alerts']['backup_late_after']} s) and the"
+        " night is not on tape", "", _utc(late.due),
+        "see the backlog for why it waits (HPSS, a failing backup, exposures not"
+        " installed); this clears when the night is backed up", str(marker))
+
+
+def late_problems(config: dict, stream: str, now: dt.datetime,
+                  index: dict[str, NightFiles]) -> list[Problem]:
+    """Late exposures and late nights of a stream (`scripts.status.late`)."""
+    exposures, nights = read_late(config, stream, now, index)
+    return ([late_exposure_problem(config, e) for e in exposures]
+            + [late_night_problem(config, n) for n in nights])
 
 
 def malformed_links(state: str | os.PathLike, stream: str) -> list[Problem]:

@@ -121,7 +121,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fingerprint(info: reading.NightFiles, newest_allowed: int) -> str | None:
+def night_fingerprint(info: reading.NightFiles, newest_allowed: int) -> str | None:
     """What a night's rows depend on, or None while the night may still be changing.
 
     Markers are written by rename, which changes the night directory's mtime; the
@@ -245,7 +245,7 @@ def write_year_files(state: str | os.PathLike, stream: str, directory: str | os.
     directory.mkdir(parents=True, exist_ok=True)
     newest_allowed = time.time_ns() - int(settle * 1e9)
     index = reading.scan_stream(state, stream, stat=True)
-    fingerprints = {n: _fingerprint(info, newest_allowed) for n, info in index.items()}
+    fingerprints = {n: night_fingerprint(info, newest_allowed) for n, info in index.items()}
     manifest = read_record(directory / MANIFEST) or {}
     if manifest.get("version") != ROWS_VERSION or manifest.get("stream") != stream:
         manifest = {"files": manifest.get("files", {}), "nights": {}}

@@ -1,0 +1,410 @@
+"""Metrics for the data centre's monitoring: one Prometheus text file per run.
+
+Every run (not a preview) rewrites ``metrics`` (default ``STATUS/desitransfer.prom``)
+for node_exporter's textfile collector: a temporary file beside it, then a rename, so
+the collector reads the old file or the new one, never half of one (it reads only
+``*.prom``; the temporary name ends otherwise). The text is made by the
+``prometheus_client`` library (a registry and its text exposition), never by hand.
+
+Like the status page, the metrics are a view of the state: `observe_metrics` reads
+it, `metric_families` turns what was read into metric families (pure: a test builds
+them from a hand-made `MetricsSnapshot`), `write_metrics` writes them. At archive
+scale the whole state is summarised once: each night's figures are kept in
+``STATE/.metrics/STREAM.json`` with the night's fingerprint (the mtimes of its marker
+directory and night-level markers, as for the year files), so a run re-reads only the
+nights that changed. The metrics (``desitransfer_`` prefix, base units, ``_total`` on
+counters) are listed in README.md, section Monitoring.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import scripts.status.reading as reading
+from scripts.configuration import get_now, with_defaults
+from scripts.lanes import lane_activity
+from scripts.markers import read_record, write_bytes_atomic, write_json_atomic
+from scripts.remote import first_night
+from scripts.state_layout import hpss_status_path, metrics_cache_path, metrics_path
+from scripts.status.latency import publication_latency
+from scripts.status.model import NightStatus, parse_time
+from scripts.status.problems import (
+    ALL_STREAMS,
+    LABELS,
+    Problem,
+    find_problems,
+    late_problems,
+    malformed_links,
+    run_problems,
+)
+from scripts.status.reading import NightFiles
+from scripts.status.year_files import PUBLIC_MODE, SETTLE_SECONDS, night_fingerprint
+from scripts.targets import scan_night
+
+log = logging.getLogger("status")
+
+PREFIX = "desitransfer"
+#: Upper bounds of the publication → installed histogram, seconds: 1 s to 1 h.
+LATENCY_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+#: The stages whose last success is reported, and the marker stage behind each
+#: (the listing's is the listing cache's time).
+STAGES = {"listing": None, "stage": "staged", "verify": "checksummed",
+          "install": "installed", "catch_up": "caughtup", "backup": "backedup"}
+#: What a lane can be doing (`scripts.lanes.lane_activity`).
+LANE_STATES = ("running", "starting", "idle", "killed", "never")
+#: Every kind of problem, so that each has a series (0 when none).
+KINDS = tuple(dict.fromkeys(LABELS.values()))
+#: Bumped when a night's summary changes form: cached summaries are then read again.
+CACHE_VERSION = 1
+
+
+# --------------------------------------------------------------------------- per night
+
+
+def summarise_night(night: NightStatus, problems: Iterable[Problem]) -> dict[str, Any]:
+    """A night's figures (JSON, cached by the night's fingerprint): exposures and bytes
+    installed, the latency histogram's counts per bucket (the last: above 1 h), sum
+    and count, each stage's newest success (epoch seconds), the exposures held, the
+    problems of its records by kind and the exposures among them."""
+    buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    total, count, installed, size = 0.0, 0, 0, 0
+    newest: dict[str, float] = {}
+
+    def seen(stage: str, record: dict | None) -> None:
+        when = parse_time((record or {}).get("time"))
+        if when is not None:
+            newest[stage] = max(newest.get(stage, 0.0), when.timestamp())
+
+    for exposure in night.exposures.values():
+        seen("staged", exposure.stages.get("staged"))
+        checksummed = exposure.stages.get("checksummed")
+        if checksummed is not None and checksummed.get("outcome") != "failed":
+            seen("checksummed", checksummed)
+        if "installed" not in exposure.stages:
+            continue
+        seen("installed", exposure.stages["installed"])
+        installed += 1
+        size += exposure.bytes
+        latency = publication_latency(exposure)
+        if latency is not None:
+            buckets[next((i for i, b in enumerate(LATENCY_BUCKETS) if latency <= b),
+                         len(LATENCY_BUCKETS))] += 1
+            total += latency
+            count += 1
+    for stage, record in night.stages.items():
+        seen(stage.split(".")[0], record)
+    problems = list(problems)
+    kinds = count_kinds(problems)
+    failed = {p.expid for p in problems if p.expid is not None}
+    return {"installed": installed, "bytes": size, "buckets": buckets,
+            "latency_sum": total, "latency_count": count, "newest": newest,
+            "held": sum(1 for e in night.exposures.values() if e.held),
+            "problems": kinds, "failed": len(failed)}
+
+
+def _usable(summary: Any) -> bool:
+    """Whether a cached summary has the form `summarise_night` gives (it is read back)."""
+    return (isinstance(summary, dict)
+            and all(isinstance(summary.get(k), int) for k in ("installed", "bytes", "held",
+                                                               "latency_count", "failed"))
+            and isinstance(summary.get("latency_sum"), (int, float))
+            and isinstance(summary.get("buckets"), list)
+            and len(summary["buckets"]) == len(LATENCY_BUCKETS) + 1
+            and all(isinstance(b, int) for b in summary["buckets"])
+            and isinstance(summary.get("newest"), dict)
+            and all(isinstance(v, (int, float)) for v in summary["newest"].values())
+            and isinstance(summary.get("problems"), dict)
+            and all(isinstance(v, int) for v in summary["problems"].values()))
+
+
+def night_summaries(config: dict, stream: str,
+                    index: Mapping[str, NightFiles]) -> dict[str, dict]:
+    """Every night's summary, from the cache where the night's fingerprint is the same,
+    else read from its markers (and the cache updated).
+
+    `index` is `scripts.status.reading.scan_stream` with ``stat=True``. A night changed
+    in the last `SETTLE_SECONDS` is read and not cached (it may still be changing).
+    """
+    state, attempts = config["state"], config["verify"]["max_attempts"]
+    path = metrics_cache_path(state, stream)
+    key = {"version": CACHE_VERSION, "max_attempts": attempts, "buckets": list(LATENCY_BUCKETS)}
+    cache = read_record(path) or {}
+    cached = cache.get("nights") if cache.get("key") == key else None
+    cached = cached if isinstance(cached, dict) else {}
+    newest_allowed = time.time_ns() - int(SETTLE_SECONDS * 1e9)
+    out, keep, changed = {}, {}, False
+    for night, files in index.items():
+        fingerprint = night_fingerprint(files, newest_allowed)
+        entry = cached.get(night)
+        if (fingerprint is not None and isinstance(entry, list) and len(entry) == 2
+                and entry[0] == fingerprint and _usable(entry[1])):
+            out[night] = entry[1]
+            keep[night] = entry
+            continue
+        status = reading.read_night(state, stream, night, files)
+        out[night] = summarise_night(status, find_problems(status, state, attempts))
+        if fingerprint is not None:
+            keep[night] = [fingerprint, out[night]]
+            changed = True
+    if changed or len(keep) != len(cached):
+        write_json_atomic(path, {"key": key, "nights": keep})
+    return out
+
+
+# --------------------------------------------------------------------------- per stream
+
+
+@dataclass
+class StreamFigures:
+    """What the metrics say of one stream."""
+
+    stream: str
+    pending: int = 0             # listed, not installed, not held
+    held: int = 0
+    failed: int = 0              # exposures with a problem that needs a person
+    late_exposures: int = 0
+    late_nights: int = 0
+    problems: dict[str, int] = field(default_factory=dict)   # kind -> count
+    installed: int = 0
+    installed_bytes: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    last_success: dict[str, float] = field(default_factory=dict)  # STAGES key -> epoch
+
+
+def count_kinds(problems: Iterable[Problem]) -> dict[str, int]:
+    """Problems by kind (their label: staging, backup, late data...)."""
+    kinds: dict[str, int] = {}
+    for problem in problems:
+        kinds[problem.label] = kinds.get(problem.label, 0) + 1
+    return kinds
+
+
+def stream_figures(stream: str, summaries: Mapping[str, dict], pending: int,
+                   listing_epoch: float | None, late: Iterable[Problem],
+                   other_problems: Mapping[str, int]) -> StreamFigures:
+    """A stream's figures from its nights' summaries (`night_summaries`) and what the
+    window says: `pending` exposures, the `late` problems (exposures and nights), and
+    the problems no night's records hold (kind -> count: malformed links, old nights
+    without a backup)."""
+    late = list(late)
+    figures = StreamFigures(stream, pending=pending,
+                            late_exposures=sum(1 for p in late if p.expid is not None),
+                            late_nights=sum(1 for p in late if p.expid is None))
+    marker_stage = {marker: name for name, marker in STAGES.items() if marker}
+    for summary in summaries.values():
+        figures.held += summary["held"]
+        figures.failed += summary["failed"]
+        figures.installed += summary["installed"]
+        figures.installed_bytes += summary["bytes"]
+        figures.latency_sum += summary["latency_sum"]
+        figures.latency_count += summary["latency_count"]
+        figures.buckets = [a + b for a, b in zip(figures.buckets, summary["buckets"],
+                                                 strict=True)]
+        for kind, count in summary["problems"].items():
+            figures.problems[kind] = figures.problems.get(kind, 0) + count
+        for stage, when in summary["newest"].items():
+            name = marker_stage.get(stage)
+            if name is not None and when > figures.last_success.get(name, 0.0):
+                figures.last_success[name] = when
+    for kind, count in [*count_kinds(late).items(), *other_problems.items()]:
+        figures.problems[kind] = figures.problems.get(kind, 0) + count
+    if listing_epoch is not None:
+        figures.last_success["listing"] = listing_epoch
+    return figures
+
+
+@dataclass
+class MetricsSnapshot:
+    """Everything the metrics file says, read from the state (`observe_metrics`)."""
+
+    streams: list[StreamFigures]
+    run_problems: dict[str, int]        # kind -> count, problems of the whole run
+    lanes: list[dict]                   # `scripts.lanes.lane_activity`
+    hpss: dict | None                   # HPSS's last answer, if asked
+    now: float                          # the real clock (the lanes' records use it)
+
+
+def _epoch(value: Any) -> float | None:
+    when = parse_time(value)
+    return None if when is None else when.timestamp()
+
+
+# --------------------------------------------------------------------------- families
+
+
+def metric_families(snapshot: MetricsSnapshot) -> list:
+    """The metric families of `snapshot`, as ``prometheus_client`` metric objects.
+
+    Pure: the same snapshot gives the same families. Timestamps are Unix seconds,
+    durations seconds, sizes bytes; a time never recorded has no sample.
+    """
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    def gauge(name: str, text: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=list(labels))
+
+    pending = gauge("exposures_pending", "Listed exposures not yet installed (held ones"
+                    " excluded).", ("stream",))
+    held = gauge("exposures_held", "Exposures held by policy: a person must release"
+                 " them.", ("stream",))
+    failed = gauge("exposures_failed", "Exposures with a failure that needs a person.",
+                   ("stream",))
+    late = gauge("exposures_late", "Exposures published at the mountain more than"
+                 " alerts.late_after seconds ago and not installed.", ("stream",))
+    late_nights = gauge("nights_late", "Nights whose backup has been due for more than"
+                        " alerts.backup_late_after seconds and that are not on tape.",
+                        ("stream",))
+    problems = gauge("problems", "Problems that need a person (what is mailed and shown),"
+                     " by kind.", ("stream", "kind"))
+    success = gauge("last_success_timestamp_seconds", "When each stage last succeeded"
+                    " (Unix time).", ("stream", "stage"))
+    exposures = CounterMetricFamily(f"{PREFIX}_installed_exposures", "Exposures installed"
+                                    " in the archive, as the state records them.",
+                                    labels=["stream"])
+    volume = CounterMetricFamily(f"{PREFIX}_installed_bytes", "Bytes installed in the"
+                                 " archive, as the state records them.", labels=["stream"])
+    latency = HistogramMetricFamily(f"{PREFIX}_publication_to_installed_seconds",
+                                    "Time from an exposure's publication at the mountain"
+                                    " to its installation.", labels=["stream"])
+    for s in snapshot.streams:
+        labels = [s.stream]
+        pending.add_metric(labels, s.pending)
+        held.add_metric(labels, s.held)
+        failed.add_metric(labels, s.failed)
+        late.add_metric(labels, s.late_exposures)
+        late_nights.add_metric(labels, s.late_nights)
+        for kind in KINDS:
+            problems.add_metric([s.stream, kind], s.problems.get(kind, 0))
+        for stage in STAGES:
+            if stage in s.last_success:
+                success.add_metric([s.stream, stage], s.last_success[stage])
+        exposures.add_metric(labels, s.installed)
+        volume.add_metric(labels, s.installed_bytes)
+        cumulative, running = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), s.buckets, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        latency.add_metric(labels, cumulative, s.latency_sum)
+    for kind in KINDS:
+        problems.add_metric([ALL_STREAMS, kind], snapshot.run_problems.get(kind, 0))
+    state = gauge("lane_state", "What each lane is doing: 1 for its state, 0 for the"
+                  " others.", ("lane", "state"))
+    age = gauge("lane_run_age_seconds", "How long the lane's current run has been going"
+                " (0 when no run is going).", ("lane",))
+    finished = gauge("lane_last_finished_timestamp_seconds", "When a run of the lane last"
+                     " ended (Unix time).", ("lane",))
+    for lane in snapshot.lanes:
+        for name in LANE_STATES:
+            state.add_metric([lane["lane"], name], 1 if lane["state"] == name else 0)
+        started = _epoch(lane.get("started")) if lane["state"] == "running" else None
+        age.add_metric([lane["lane"]], max(0.0, snapshot.now - started) if started else 0)
+        ended = max(filter(None, (_epoch(lane.get("last_finished")),
+                                  _epoch(lane.get("finished")))), default=None)
+        if ended is not None:
+            finished.add_metric([lane["lane"]], ended)
+    families = [pending, held, failed, late, late_nights, problems, success, exposures,
+                volume, latency, state, age, finished]
+    if snapshot.hpss is not None:
+        up = gauge("hpss_up", "HPSS's availability at its last check (1 active, 0 not).")
+        up.add_metric([], 1 if snapshot.hpss.get("ready") else 0)
+        checked = gauge("hpss_checked_timestamp_seconds", "When HPSS's status was last"
+                        " asked (Unix time).")
+        when = _epoch(snapshot.hpss.get("time"))
+        families.append(up)
+        if when is not None:
+            checked.add_metric([], when)
+            families.append(checked)
+    generated = gauge("metrics_generated_timestamp_seconds", "When this file was written"
+                      " (Unix time): an old one means no run has ended since.")
+    generated.add_metric([], snapshot.now)
+    return [*families, generated]
+
+
+def exposition(snapshot: MetricsSnapshot) -> bytes:
+    """The metrics file's bytes: `snapshot`'s families in a registry of their own, in
+    Prometheus' text format (``prometheus_client.generate_latest``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    class Snapshot:
+        def collect(self):
+            return metric_families(snapshot)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Snapshot())
+    return generate_latest(registry)
+
+
+# --------------------------------------------------------------------------- reading, writing
+
+
+def observe_metrics(config: dict, now: dt.datetime | None = None) -> MetricsSnapshot:
+    """Read what the metrics say from the state: the nights' summaries (cached), the
+    last listing, the late data at `now` (default: the configuration's ``now``), the
+    run's problems, the lanes and HPSS's last answer."""
+    config = with_defaults(config)
+    now = now or get_now(config)
+    state = config["state"]
+    oldest = first_night(now, config["lookback_nights"])
+    streams = []
+    for stream in config["streams"]:
+        index = reading.scan_stream(state, stream, stat=True)
+        summaries = night_summaries(config, stream, index)
+        listed, when = reading.read_listing(state, stream)
+        pending = 0
+        for night, expids in listed.items():
+            seen = scan_night(state, stream, night)
+            pending += len(expids - seen.installed - seen.held)
+        # The problems no night's records hold (see `scripts.status.problems`): the
+        # malformed links, and the nights older than the window without a backup.
+        other = count_kinds(malformed_links(state, stream))
+        if config["backup"]["backend"] != "none":
+            stale = sum(1 for n, s in summaries.items() if n < oldest and s["installed"]
+                        and f"{n}.backedup" not in index[n].files)
+            other[LABELS["backedup"]] = other.get(LABELS["backedup"], 0) + stale
+        streams.append(stream_figures(stream, summaries, pending,
+                                      None if when is None else when.timestamp(),
+                                      late_problems(config, stream, now, index), other))
+    return MetricsSnapshot(streams, count_kinds(run_problems(config)), lane_activity(state),
+                           read_record(hpss_status_path(state)), time.time())
+
+
+def write_metrics(config: dict, now: dt.datetime | None = None) -> Path:
+    """Write the metrics file (atomically: a temporary file beside it, then a rename; a
+    link planted at its name is replaced, never followed); return its path."""
+    config = with_defaults(config)
+    path = metrics_path(config)
+    write_bytes_atomic(path, exposition(observe_metrics(config, now)), PUBLIC_MODE)
+    return path
+
+
+def metrics_after_run(config: dict) -> str:
+    """Snakemake's onsuccess/onerror: write the metrics file; one line for the log.
+    Metrics must never turn a good transfer into a failed run: an error is reported in
+    the line (and the monitoring sees the file grow old)."""
+    start = time.monotonic()
+    try:
+        path = write_metrics(config)
+    except (OSError, KeyError, TypeError, ValueError, ArithmeticError) as err:
+        line = (f"Metrics NOT written ({type(err).__name__}: {err}); the transfers are"
+                " not affected. Fix it, then run: python -m scripts.status --write")
+        log.error(line)
+        return line
+    return f"Metrics written in {time.monotonic() - start:.2f} s: {path}"
+
+
+__all__ = ["CACHE_VERSION", "KINDS", "LATENCY_BUCKETS", "STAGES", "MetricsSnapshot",
+           "StreamFigures", "exposition", "metric_families", "metrics_after_run",
+           "night_summaries", "observe_metrics", "stream_figures", "summarise_night",
+           "write_metrics"]
