@@ -19,6 +19,7 @@ counters) are listed in README.md, section Monitoring.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -31,7 +32,12 @@ from scripts.configuration import get_now, with_defaults
 from scripts.lanes import lane_activity
 from scripts.markers import read_record, write_bytes_atomic, write_json_atomic
 from scripts.remote import first_night
-from scripts.state_layout import hpss_status_path, metrics_cache_path, metrics_path
+from scripts.state_layout import (
+    hpss_status_path,
+    metrics_cache_path,
+    metrics_nights_path,
+    metrics_path,
+)
 from scripts.status.latency import publication_latency
 from scripts.status.model import NightStatus, parse_time
 from scripts.status.problems import (
@@ -62,6 +68,8 @@ LANE_STATES = ("running", "starting", "idle", "killed", "never")
 KINDS = tuple(dict.fromkeys(LABELS.values()))
 #: Bumped when a night's summary changes form: cached summaries are then read again.
 CACHE_VERSION = 1
+#: The longest the older nights' sum is trusted without looking at their markers.
+OLDER_RECHECK_SECONDS = 3600
 
 
 # --------------------------------------------------------------------------- per night
@@ -123,22 +131,24 @@ def _usable(summary: Any) -> bool:
             and all(isinstance(v, int) for v in summary["problems"].values()))
 
 
-def night_summaries(config: dict, stream: str,
-                    index: Mapping[str, NightFiles]) -> dict[str, dict]:
-    """Every night's summary, from the cache where the night's fingerprint is the same,
-    else read from its markers (and the cache updated).
+def cache_key(config: dict) -> dict:
+    """What every cached summary depends on besides its night's markers."""
+    return {"version": CACHE_VERSION, "max_attempts": config["verify"]["max_attempts"],
+            "buckets": list(LATENCY_BUCKETS)}
 
-    `index` is `scripts.status.reading.scan_stream` with ``stat=True``. A night changed
-    in the last `SETTLE_SECONDS` is read and not cached (it may still be changing).
+
+def night_summaries(config: dict, stream: str, index: Mapping[str, NightFiles],
+                    cached: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, list]]:
+    """The summary of every night of `index`: from `cached` (night -> [fingerprint,
+    summary]) where the night's fingerprint is the same, else read from its markers.
+
+    `index` is `scripts.status.reading.scan_stream` with ``stat=True``. Returns the
+    summaries and what to cache now; a night changed in the last `SETTLE_SECONDS` is
+    read and not cached (it may still be changing).
     """
     state, attempts = config["state"], config["verify"]["max_attempts"]
-    path = metrics_cache_path(state, stream)
-    key = {"version": CACHE_VERSION, "max_attempts": attempts, "buckets": list(LATENCY_BUCKETS)}
-    cache = read_record(path) or {}
-    cached = cache.get("nights") if cache.get("key") == key else None
-    cached = cached if isinstance(cached, dict) else {}
     newest_allowed = time.time_ns() - int(SETTLE_SECONDS * 1e9)
-    out, keep, changed = {}, {}, False
+    out, keep = {}, {}
     for night, files in index.items():
         fingerprint = night_fingerprint(files, newest_allowed)
         entry = cached.get(night)
@@ -151,10 +161,89 @@ def night_summaries(config: dict, stream: str,
         out[night] = summarise_night(status, find_problems(status, state, attempts))
         if fingerprint is not None:
             keep[night] = [fingerprint, out[night]]
-            changed = True
-    if changed or len(keep) != len(cached):
+    return out, keep
+
+
+def add_summaries(summaries: Iterable[dict]) -> dict[str, Any]:
+    """The sum of night summaries, in a summary's form (the newest times the newest)."""
+    total: dict[str, Any] = {"installed": 0, "bytes": 0, "held": 0, "failed": 0,
+                             "latency_sum": 0.0, "latency_count": 0,
+                             "buckets": [0] * (len(LATENCY_BUCKETS) + 1), "newest": {},
+                             "problems": {}}
+    for summary in summaries:
+        for name in ("installed", "bytes", "held", "failed", "latency_sum", "latency_count"):
+            total[name] += summary[name]
+        total["buckets"] = [a + b for a, b in zip(total["buckets"], summary["buckets"],
+                                                  strict=True)]
+        for stage, when in summary["newest"].items():
+            total["newest"][stage] = max(when, total["newest"].get(stage, 0.0))
+        for kind, count in summary["problems"].items():
+            total["problems"][kind] = total["problems"].get(kind, 0) + count
+    return total
+
+
+def _digest(names: list[str]) -> str:
+    """A digest of a set of names: a night or a night-level marker that appears or goes
+    among the older nights changes it."""
+    return hashlib.sha1("\0".join(sorted(names)).encode(errors="surrogateescape")).hexdigest()
+
+
+def stream_summaries(config: dict, stream: str, oldest: str, now: float
+                     ) -> tuple[dict[str, dict], dict[str, NightFiles]]:
+    """The summaries a stream's metrics are made of: one per night of the look-back
+    window (from `oldest` on), and one for all the older nights together (key
+    ``"older"``, with ``"stale"``: older nights with installed exposures and no
+    backup); and the window's `scan_stream` index.
+
+    The workflow writes only in the window's nights. The older nights' sum is kept in
+    ``STATE/.metrics/STREAM.json`` and redone when the window moves, when a name among
+    the older nights appears or goes (a night, a night-level marker) and at least every
+    `OLDER_RECHECK_SECONDS` (a person's change inside an old night), from each older
+    night's cached summary (``STREAM.nights.json``), re-read where its fingerprint
+    changed. A run thus reads the window's few nights and one small file.
+    """
+    state = config["state"]
+    key = cache_key(config)
+    path = metrics_cache_path(state, stream)
+    cache = read_record(path) or {}
+    if cache.get("key") != key:
+        cache = {}
+    window_cached = cache.get("window") if isinstance(cache.get("window"), dict) else {}
+    before: list[str] = []  # the names of the older nights (one scandir for both)
+    index = reading.scan_stream(state, stream, stat=True, since=oldest, before=before)
+    window, window_keep = night_summaries(config, stream, index, window_cached)
+    older = cache.get("older") if isinstance(cache.get("older"), dict) else {}
+    names = _digest(before)
+    checked = older.get("checked")
+    fresh = (older.get("oldest") == oldest and older.get("names") == names
+             and isinstance(checked, (int, float)) and 0 <= now - checked < OLDER_RECHECK_SECONDS
+             and _usable(older.get("summary")) and isinstance(older.get("stale"), int))
+    if not fresh:
+        older = _sum_older(config, stream, oldest, key, names, now)
+    if not fresh or window_keep != window_cached:
+        write_json_atomic(path, {"key": key, "window": window_keep, "older": older})
+    return {**window, "older": {**older["summary"], "stale": older["stale"]}}, index
+
+
+def _sum_older(config: dict, stream: str, oldest: str, key: dict, names: str,
+               now: float) -> dict[str, Any]:
+    """The older nights' sum (see `stream_summaries`), each night's summary cached."""
+    state = config["state"]
+    path = metrics_nights_path(state, stream)
+    cache = read_record(path) or {}
+    cached = cache.get("nights") if cache.get("key") == key else None
+    cached = cached if isinstance(cached, dict) else {}
+    index = {n: f for n, f in reading.scan_stream(state, stream, stat=True).items()
+             if n < oldest}
+    summaries, keep = night_summaries(config, stream, index, cached)
+    if keep != cached:
         write_json_atomic(path, {"key": key, "nights": keep})
-    return out
+    stale = 0
+    if config["backup"]["backend"] != "none":
+        stale = sum(1 for n, s in summaries.items()
+                    if s["installed"] and f"{n}.backedup" not in index[n].files)
+    return {"oldest": oldest, "names": names, "checked": now,
+            "summary": add_summaries(summaries.values()), "stale": stale}
 
 
 # --------------------------------------------------------------------------- per stream
@@ -187,38 +276,30 @@ def count_kinds(problems: Iterable[Problem]) -> dict[str, int]:
     return kinds
 
 
-def stream_figures(stream: str, summaries: Mapping[str, dict], pending: int,
+def stream_figures(stream: str, summaries: Iterable[dict], pending: int,
                    listing_epoch: float | None, late: Iterable[Problem],
                    other_problems: Mapping[str, int]) -> StreamFigures:
-    """A stream's figures from its nights' summaries (`night_summaries`) and what the
-    window says: `pending` exposures, the `late` problems (exposures and nights), and
-    the problems no night's records hold (kind -> count: malformed links, old nights
-    without a backup)."""
+    """A stream's figures from the summaries of its nights (`stream_summaries`) and
+    what the window says: `pending` exposures, the `late` problems (exposures and
+    nights), and the problems no night's records hold (kind -> count: malformed links,
+    older nights without a backup)."""
     late = list(late)
-    figures = StreamFigures(stream, pending=pending,
-                            late_exposures=sum(1 for p in late if p.expid is not None),
-                            late_nights=sum(1 for p in late if p.expid is None))
-    marker_stage = {marker: name for name, marker in STAGES.items() if marker}
-    for summary in summaries.values():
-        figures.held += summary["held"]
-        figures.failed += summary["failed"]
-        figures.installed += summary["installed"]
-        figures.installed_bytes += summary["bytes"]
-        figures.latency_sum += summary["latency_sum"]
-        figures.latency_count += summary["latency_count"]
-        figures.buckets = [a + b for a, b in zip(figures.buckets, summary["buckets"],
-                                                 strict=True)]
-        for kind, count in summary["problems"].items():
-            figures.problems[kind] = figures.problems.get(kind, 0) + count
-        for stage, when in summary["newest"].items():
-            name = marker_stage.get(stage)
-            if name is not None and when > figures.last_success.get(name, 0.0):
-                figures.last_success[name] = when
+    total = add_summaries(summaries)
+    problems = dict(total["problems"])
     for kind, count in [*count_kinds(late).items(), *other_problems.items()]:
-        figures.problems[kind] = figures.problems.get(kind, 0) + count
+        problems[kind] = problems.get(kind, 0) + count
+    marker_stage = {marker: name for name, marker in STAGES.items() if marker}
+    last_success = {marker_stage[stage]: when for stage, when in total["newest"].items()
+                    if stage in marker_stage}
     if listing_epoch is not None:
-        figures.last_success["listing"] = listing_epoch
-    return figures
+        last_success["listing"] = listing_epoch
+    return StreamFigures(
+        stream, pending=pending, held=total["held"], failed=total["failed"],
+        late_exposures=sum(1 for p in late if p.expid is not None),
+        late_nights=sum(1 for p in late if p.expid is None), problems=problems,
+        installed=total["installed"], installed_bytes=total["bytes"],
+        buckets=total["buckets"], latency_sum=total["latency_sum"],
+        latency_count=total["latency_count"], last_success=last_success)
 
 
 @dataclass
@@ -353,14 +434,17 @@ def observe_metrics(config: dict, now: dt.datetime | None = None) -> MetricsSnap
     """Read what the metrics say from the state: the nights' summaries (cached), the
     last listing, the late data at `now` (default: the configuration's ``now``), the
     run's problems, the lanes and HPSS's last answer."""
-    config = with_defaults(config)
+    return _observe(with_defaults(config), now)
+
+
+def _observe(config: dict, now: dt.datetime | None) -> MetricsSnapshot:
+    """`observe_metrics` of a configuration with its defaults."""
     now = now or get_now(config)
     state = config["state"]
     oldest = first_night(now, config["lookback_nights"])
     streams = []
     for stream in config["streams"]:
-        index = reading.scan_stream(state, stream, stat=True)
-        summaries = night_summaries(config, stream, index)
+        summaries, index = stream_summaries(config, stream, oldest, time.time())
         listed, when = reading.read_listing(state, stream)
         pending = 0
         for night, expids in listed.items():
@@ -369,11 +453,9 @@ def observe_metrics(config: dict, now: dt.datetime | None = None) -> MetricsSnap
         # The problems no night's records hold (see `scripts.status.problems`): the
         # malformed links, and the nights older than the window without a backup.
         other = count_kinds(malformed_links(state, stream))
-        if config["backup"]["backend"] != "none":
-            stale = sum(1 for n, s in summaries.items() if n < oldest and s["installed"]
-                        and f"{n}.backedup" not in index[n].files)
-            other[LABELS["backedup"]] = other.get(LABELS["backedup"], 0) + stale
-        streams.append(stream_figures(stream, summaries, pending,
+        stale = summaries["older"]["stale"]
+        other[LABELS["backedup"]] = other.get(LABELS["backedup"], 0) + stale
+        streams.append(stream_figures(stream, summaries.values(), pending,
                                       None if when is None else when.timestamp(),
                                       late_problems(config, stream, now, index), other))
     return MetricsSnapshot(streams, count_kinds(run_problems(config)), lane_activity(state),
@@ -385,7 +467,7 @@ def write_metrics(config: dict, now: dt.datetime | None = None) -> Path:
     link planted at its name is replaced, never followed); return its path."""
     config = with_defaults(config)
     path = metrics_path(config)
-    write_bytes_atomic(path, exposition(observe_metrics(config, now)), PUBLIC_MODE)
+    write_bytes_atomic(path, exposition(_observe(config, now)), PUBLIC_MODE)
     return path
 
 
@@ -396,6 +478,11 @@ def metrics_after_run(config: dict) -> str:
     start = time.monotonic()
     try:
         path = write_metrics(config)
+    except ImportError as err:  # an environment made before the dependency
+        line = (f"Metrics NOT written: {err.name or err} is not installed; the transfers"
+                " are not affected. Run: .venv/bin/pip install -r requirements.txt")
+        log.error(line)
+        return line
     except (OSError, KeyError, TypeError, ValueError, ArithmeticError) as err:
         line = (f"Metrics NOT written ({type(err).__name__}: {err}); the transfers are"
                 " not affected. Fix it, then run: python -m scripts.status --write")
@@ -406,5 +493,6 @@ def metrics_after_run(config: dict) -> str:
 
 __all__ = ["CACHE_VERSION", "KINDS", "LATENCY_BUCKETS", "STAGES", "MetricsSnapshot",
            "StreamFigures", "exposition", "metric_families", "metrics_after_run",
-           "night_summaries", "observe_metrics", "stream_figures", "summarise_night",
+           "night_summaries", "observe_metrics", "stream_figures", "stream_summaries",
+           "summarise_night",
            "write_metrics"]

@@ -17,7 +17,9 @@
     STATE/.config/config-DIGEST.json      the configuration a job reads
     STATE/.hpss_status.json               HPSS's last answer, for the status page
     STATE/.configuration.failed           this run's configuration error
-    STATE/.metrics/STREAM.json            per-night figures behind the metrics file
+    STATE/.metrics/STREAM.json            the figures behind the metrics file: the
+                                          window's nights, the older ones summed
+    STATE/.metrics/STREAM.nights.json     each older night's figures
     STATUS/desitransfer.prom              the metrics (default of ``metrics``)
 
 No other module joins a path under STATE by hand: they call these.
@@ -139,5 +141,11 @@ def metrics_path(config: dict) -> Path:
 
 
 def metrics_cache_path(state: str | os.PathLike, stream: str) -> Path:
-    """Each night's figures behind the metrics, with the fingerprint they were read at."""
+    """The figures behind the metrics that a run reads: the look-back window's nights,
+    each with the fingerprint it was read at, and the older nights' sum."""
     return Path(state, ".metrics", f"{stream}.json")
+
+
+def metrics_nights_path(state: str | os.PathLike, stream: str) -> Path:
+    """Each older night's figures, with its fingerprint: read when their sum is redone."""
+    return Path(state, ".metrics", f"{stream}.nights.json")

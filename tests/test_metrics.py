@@ -25,10 +25,11 @@ from scripts.markers import read_record, write_marker
 from scripts.metrics import (
     KINDS,
     LATENCY_BUCKETS,
+    OLDER_RECHECK_SECONDS,
     MetricsSnapshot,
     StreamFigures,
     exposition,
-    night_summaries,
+    stream_summaries,
     summarise_night,
     write_metrics,
 )
@@ -140,30 +141,55 @@ def test_a_nights_summary_puts_each_latency_in_its_bucket():
     assert summary["newest"]["installed"] == epoch("2026-11-28T04:00:00Z")
 
 
-def test_summaries_are_read_again_only_for_the_nights_that_changed(tmp_path, monkeypatch):
+def settle(*paths: Path) -> None:
+    """Date `paths` a minute back: older than the settle time."""
+    old = time.time() - 60
+    for path in paths:
+        os.utime(path, (old, old))
+
+
+def test_a_run_reads_only_the_window_nights_that_changed(tmp_path, monkeypatch):
     state = tmp_path / "state"
-    for night in ("20261125", "20261126"):
+    nights = ("20261001", "20261002", NIGHT)  # two before the window (from 20261029)
+    for night in nights:
         for expid in ("00000001", "00000002"):
             write_marker(marker_path(state, STREAM, night, expid, "installed"),
                          {"time": "2026-11-27T02:00:00Z", "bytes": 10})
-    old = time.time() - 60  # settled: older than the settle time
-    for path in (state / STREAM).rglob("*"):
-        os.utime(path, (old, old))
-    os.utime(state / STREAM / "20261125", (old, old))
-    config = {"state": str(state), "verify": {"max_attempts": 3}}
-    index = reading.scan_stream(state, STREAM, stat=True)
-    first = night_summaries(config, STREAM, index)
-    assert first["20261125"]["installed"] == 2
+    settle(state / STREAM, *(state / STREAM).rglob("*"))
+    config = {"state": str(state), "verify": {"max_attempts": 3}, "backup": {"backend": "tar"}}
+    now = time.time()
+    first, _ = stream_summaries(config, STREAM, "20261029", now)
+    assert first["older"]["installed"] == 4 and first["older"]["stale"] == 2
+    assert first[NIGHT]["installed"] == 2 and set(first) == {NIGHT, "older"}
     reads = []
     real = reading.read_record
     monkeypatch.setattr(reading, "read_record", lambda p: reads.append(Path(p)) or real(p))
-    assert night_summaries(config, STREAM, reading.scan_stream(state, STREAM, stat=True)) == first
-    assert reads == []  # every night from the cache
-    write_marker(marker_path(state, STREAM, "20261126", "00000003", "installed"),
+    assert stream_summaries(config, STREAM, "20261029", now)[0] == first
+    assert reads == []  # a no-op run: every night from the cache
+    write_marker(marker_path(state, STREAM, NIGHT, "00000003", "installed"),
                  {"time": "2026-11-27T03:00:00Z", "bytes": 10})
-    again = night_summaries(config, STREAM, reading.scan_stream(state, STREAM, stat=True))
-    assert {p.parent.name for p in reads} == {"20261126"}
-    assert again["20261126"]["installed"] == 3 and again["20261125"]["installed"] == 2
+    again, _ = stream_summaries(config, STREAM, "20261029", now)
+    assert {p.parent.name for p in reads} == {NIGHT} and again[NIGHT]["installed"] == 3
+    # A night-level marker appears among the older nights: their sum is redone, and
+    # only that night is read again.
+    reads.clear()
+    settle(state / STREAM / NIGHT, *(state / STREAM / NIGHT).iterdir())
+    stream_summaries(config, STREAM, "20261029", now)  # NIGHT, settled, is cached again
+    reads.clear()
+    backedup = marker_path(state, STREAM, "20261001", None, "backedup")
+    write_marker(backedup, {"archives": []})
+    settle(backedup)
+    again, _ = stream_summaries(config, STREAM, "20261029", now)
+    assert reads and {p.name[:8] if p.parent.name == STREAM else p.parent.name
+                      for p in reads} == {"20261001"}
+    assert again["older"]["stale"] == 1 and again["older"]["installed"] == 4
+    # A change inside an older night (a person's) shows within OLDER_RECHECK_SECONDS.
+    late = marker_path(state, STREAM, "20261002", "00000003", "installed")
+    write_marker(late, {"time": "2026-11-27T03:00:00Z", "bytes": 10})
+    settle(late, late.parent)
+    assert stream_summaries(config, STREAM, "20261029", now)[0]["older"]["installed"] == 4
+    later, _ = stream_summaries(config, STREAM, "20261029", now + OLDER_RECHECK_SECONDS + 1)
+    assert later["older"]["installed"] == 5
 
 
 def test_a_link_planted_at_the_metrics_file_is_replaced_never_followed(tmp_path):

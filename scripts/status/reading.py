@@ -43,11 +43,14 @@ class NightFiles:
     files: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (mtime, size)
 
 
-def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False) -> dict[str, NightFiles]:
+def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False,
+                since: str = "", before: list[str] | None = None) -> dict[str, NightFiles]:
     """The nights of a stream from one ``scandir`` of ``STATE/STREAM``.
 
     With `stat`, the modification times that fingerprint each night are read too
-    (one ``stat`` per night directory and per night-level marker).
+    (one ``stat`` per night directory and per night-level marker). With `since`
+    (``YYYYMMDD``), only the nights from that one on (the others cost a comparison;
+    their names are appended to `before` when it is given).
     """
     nights: dict[str, NightFiles] = {}
     try:
@@ -57,6 +60,10 @@ def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False) -> di
     with entries:
         for entry in entries:
             name, night = entry.name, entry.name[:8]
+            if night < since:
+                if before is not None:
+                    before.append(name)
+                continue
             if not valid_night(night):
                 continue
             if len(name) == 8 and entry.is_dir():
