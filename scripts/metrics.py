@@ -70,6 +70,9 @@ KINDS = tuple(dict.fromkeys(LABELS.values()))
 CACHE_VERSION = 1
 #: The longest the older nights' sum is trusted without looking at their markers.
 OLDER_RECHECK_SECONDS = 3600
+#: The most a run spends reading older nights that are not in the cache (the first
+#: run after an upgrade, at archive scale: minutes in all); the next runs go on.
+OLDER_READ_SECONDS = 5.0
 
 
 # --------------------------------------------------------------------------- per night
@@ -138,24 +141,29 @@ def cache_key(config: dict) -> dict:
 
 
 def night_summaries(config: dict, stream: str, index: Mapping[str, NightFiles],
-                    cached: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, list]]:
+                    cached: Mapping[str, Any], deadline: float | None = None
+                    ) -> tuple[dict[str, dict], dict[str, list]]:
     """The summary of every night of `index`: from `cached` (night -> [fingerprint,
     summary]) where the night's fingerprint is the same, else read from its markers.
 
     `index` is `scripts.status.reading.scan_stream` with ``stat=True``. Returns the
     summaries and what to cache now; a night changed in the last `SETTLE_SECONDS` is
-    read and not cached (it may still be changing).
+    read and not cached (it may still be changing). After `deadline` (``monotonic``
+    seconds) no more night is read: those left out have no summary.
     """
     state, attempts = config["state"], config["verify"]["max_attempts"]
     newest_allowed = time.time_ns() - int(SETTLE_SECONDS * 1e9)
     out, keep = {}, {}
-    for night, files in index.items():
+    # Newest first: a budget spent on a cold cache reads the nights that matter most.
+    for night, files in sorted(index.items(), reverse=True):
         fingerprint = night_fingerprint(files, newest_allowed)
         entry = cached.get(night)
         if (fingerprint is not None and isinstance(entry, list) and len(entry) == 2
                 and entry[0] == fingerprint and _usable(entry[1])):
             out[night] = entry[1]
             keep[night] = entry
+            continue
+        if deadline is not None and time.monotonic() > deadline:
             continue
         status = reading.read_night(state, stream, night, files)
         out[night] = summarise_night(status, find_problems(status, state, attempts))
@@ -222,7 +230,8 @@ def stream_summaries(config: dict, stream: str, oldest: str, now: float
         older = _sum_older(config, stream, oldest, key, names, now)
     if not fresh or window_keep != window_cached:
         write_json_atomic(path, {"key": key, "window": window_keep, "older": older})
-    return {**window, "older": {**older["summary"], "stale": older["stale"]}}, index
+    return {**window, "older": {**older["summary"], "stale": older["stale"],
+                                "complete": older.get("complete", True)}}, index
 
 
 def _sum_older(config: dict, stream: str, oldest: str, key: dict, names: str,
@@ -235,15 +244,22 @@ def _sum_older(config: dict, stream: str, oldest: str, key: dict, names: str,
     cached = cached if isinstance(cached, dict) else {}
     index = {n: f for n, f in reading.scan_stream(state, stream, stat=True).items()
              if n < oldest}
-    summaries, keep = night_summaries(config, stream, index, cached)
+    summaries, keep = night_summaries(config, stream, index, cached,
+                                      time.monotonic() + OLDER_READ_SECONDS)
     if keep != cached:
         write_json_atomic(path, {"key": key, "nights": keep})
     stale = 0
     if config["backup"]["backend"] != "none":
         stale = sum(1 for n, s in summaries.items()
                     if s["installed"] and f"{n}.backedup" not in index[n].files)
-    return {"oldest": oldest, "names": names, "checked": now,
-            "summary": add_summaries(summaries.values()), "stale": stale}
+    left = len(index) - len(summaries)
+    if left:
+        log.info("metrics: %d older night(s) of %s still to summarise (the next runs go"
+                 " on; the totals are left out until then)", left, stream)
+    # An incomplete sum is never fresh: the next run goes on where this one stopped.
+    return {"oldest": oldest, "names": names, "checked": now if not left else None,
+            "summary": add_summaries(summaries.values()), "stale": stale,
+            "complete": not left}
 
 
 # --------------------------------------------------------------------------- per stream
@@ -266,6 +282,9 @@ class StreamFigures:
     latency_sum: float = 0.0
     latency_count: int = 0
     last_success: dict[str, float] = field(default_factory=dict)  # STAGES key -> epoch
+    #: False while older nights are still being summarised (the first runs after an
+    #: upgrade): the totals are left out rather than shown short.
+    complete: bool = True
 
 
 def count_kinds(problems: Iterable[Problem]) -> dict[str, int]:
@@ -283,7 +302,7 @@ def stream_figures(stream: str, summaries: Iterable[dict], pending: int,
     what the window says: `pending` exposures, the `late` problems (exposures and
     nights), and the problems no night's records hold (kind -> count: malformed links,
     older nights without a backup)."""
-    late = list(late)
+    late, summaries = list(late), list(summaries)
     total = add_summaries(summaries)
     problems = dict(total["problems"])
     for kind, count in [*count_kinds(late).items(), *other_problems.items()]:
@@ -299,7 +318,8 @@ def stream_figures(stream: str, summaries: Iterable[dict], pending: int,
         late_nights=sum(1 for p in late if p.expid is None), problems=problems,
         installed=total["installed"], installed_bytes=total["bytes"],
         buckets=total["buckets"], latency_sum=total["latency_sum"],
-        latency_count=total["latency_count"], last_success=last_success)
+        latency_count=total["latency_count"], last_success=last_success,
+        complete=all(s.get("complete", True) for s in summaries))
 
 
 @dataclass
@@ -371,6 +391,8 @@ def metric_families(snapshot: MetricsSnapshot) -> list:
         for stage in STAGES:
             if stage in s.last_success:
                 success.add_metric([s.stream, stage], s.last_success[stage])
+        if not s.complete:  # a short total would read as a counter reset
+            continue
         exposures.add_metric(labels, s.installed)
         volume.add_metric(labels, s.installed_bytes)
         cumulative, running = [], 0

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_cron_entry import cron
 from test_lanes import hanging_htar, start_cron
 
+import scripts.metrics as metrics_module
 import scripts.status.reading as reading
 from scripts.markers import read_record, write_marker
 from scripts.metrics import (
@@ -341,3 +342,26 @@ def test_a_running_backup(site, tape):
     assert value(samples, "desitransfer_last_success_timestamp_seconds", stage="catch_up",
                  stream=STREAM) is not None  # the catch-up ran before the backup
     assert value(samples, "desitransfer_hpss_up") == 1
+
+
+def test_a_cold_cache_is_filled_over_runs_and_totals_wait_until_it_is(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    for night in ("20261001", "20261002", NIGHT):
+        write_marker(marker_path(state, STREAM, night, "00000001", "installed"),
+                     {"time": "2026-11-27T02:00:00Z", "bytes": 10})
+    settle(state / STREAM, *(state / STREAM).rglob("*"))
+    config = {"state": str(state), "verify": {"max_attempts": 3}, "backup": {"backend": "none"}}
+    monkeypatch.setattr(metrics_module, "OLDER_READ_SECONDS", -1.0)  # no time for older nights
+    summaries, _ = stream_summaries(config, STREAM, "20261029", time.time())
+    assert summaries["older"]["complete"] is False and summaries[NIGHT]["installed"] == 1
+    figures = metrics_module.stream_figures(STREAM, summaries.values(), 0, None, [], {})
+    snapshot = MetricsSnapshot([figures], {}, [], None, time.time())
+    samples = parse(exposition(snapshot).decode())
+    assert value(samples, "desitransfer_installed_exposures_total", stream=STREAM) is None
+    assert value(samples, "desitransfer_exposures_held", stream=STREAM) == 0
+    monkeypatch.setattr(metrics_module, "OLDER_READ_SECONDS", 60.0)
+    summaries, _ = stream_summaries(config, STREAM, "20261029", time.time())
+    assert summaries["older"]["complete"] is True and summaries["older"]["installed"] == 2
+    figures = metrics_module.stream_figures(STREAM, summaries.values(), 0, None, [], {})
+    samples = parse(exposition(MetricsSnapshot([figures], {}, [], None, 0)).decode())
+    assert value(samples, "desitransfer_installed_exposures_total", stream=STREAM) == 3
