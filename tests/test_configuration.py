@@ -124,6 +124,9 @@ def test_the_base_configuration_is_valid(tmp_path):
     ({"lookback_nights": 1000000},
      "site.yaml: lookback_nights: 1000000 is greater than the maximum of 3660"),
     ({"lookback_nights": 0}, "lookback_nights: 0 is less than the minimum of 1"),
+    ({"alerts__late_after": 0}, "alerts.late_after: 0 is less than the minimum of 1"),
+    ({"alerts__late_after": "30m"}, "alerts.late_after: '30m' is not of type 'integer'"),
+    ({"metrics": 5}, "metrics: 5 is not of type 'string', 'null'"),
     ({"lookback_nights": True}, "lookback_nights: True is not of type 'integer'"),
     ({"remote__timeout": 1e12},
      "remote.timeout: 1000000000000.0 is greater than the maximum of 604800"),
@@ -249,6 +252,10 @@ P = f"streams.{S}"
     ({"state": "/", "status": "{other}/www", "logs": "{other}/logs"},
      f"state: / contains {P}.source"),
     ({"logs": "{archive}/logs"}, f"logs: {{archive}}/logs is inside {P}.destination"),
+    # the metrics file's directory (node_exporter's textfile directory)
+    ({"metrics": "{archive}/desitransfer.prom"},
+     f"metrics: {{archive}} is the same directory as {P}.destination"),
+    ({"metrics": "{staging}/x/desitransfer.prom"}, "metrics: {staging}/x is inside"),
 ])
 def test_overlapping_directories_are_refused(tmp_path, changes, expected):
     names = {**roles(tmp_path), "root": str(tmp_path)}
