@@ -20,7 +20,9 @@ from scripts.status.plots import nice_ticks
 
 NIGHTS = ["20270103", "20270102", "20270101", "20261231", "20261230", "20261101"]
 NIGHT_CLASSES = {"20270103": "progress", "20270102": "attention", "20270101": "attention",
-                 "20261231": "done", "20261230": "progress", "20261101": "attention"}
+                 "20261231": "done", "20261230": "attention", "20261101": "attention"}
+# 20261230 waits for HPSS and 20270101 for an exposure: both backups are more than a
+# day late (alerts.backup_late_after), so both nights are late data.
 ATTENTION_BG, DONE_BG = (0xFF, 0xEB, 0xE9), (0xDA, 0xFB, 0xE1)
 
 
@@ -121,6 +123,10 @@ def test_dom_shows_what_needs_a_person_and_the_backlog(page):
     backlog = dom.by_id["backlog"]["text"]
     assert f"HPSS inactive: {DEGRADED}" in backlog
     assert "waiting for 1 exposure(s) to be installed: 00001303" in backlog
+    late = dom.by_id["late"]["text"]
+    assert "20261230" in late and "20270101" in late and "not on tape" in late
+    assert "20270102" not in late  # its backup is due for an hour only
+    assert dom.by_id["late-card"]["text"].startswith("Late data2")  # label, then the count
 
 
 def test_plots_draw_the_nights_and_exposures(page):
