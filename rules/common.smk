@@ -154,6 +154,13 @@ def get_published(wildcards):
     return utc_timestamp(dt.datetime.fromtimestamp(epoch, dt.UTC)) if epoch else None
 
 
+def get_listings():
+    """The listings this run planned from, by stream (None: not listed), for the
+    metrics (scripts/metrics.py), which would otherwise read them back from the cache.
+    """
+    return {name: seen.listing for name, seen in OBSERVATION.streams.items()}
+
+
 def get_listing_failure_targets():
     """One failing job per stream that could not be listed (see get_plan)."""
     return [unlisted_target(STATE, name) for name in PLAN.unlisted]

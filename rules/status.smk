@@ -21,10 +21,10 @@ onsuccess:
     if TARGETS and not rebuild_can_wait(config, draining=is_draining()):
         logger.info(rebuild_after_run(config))
     if not PREVIEW:
-        logger.info(metrics_after_run(config))
+        logger.info(metrics_after_run(config, get_listings()))
 
 
 onerror:
     logger.info(rebuild_after_run(config))
     if not PREVIEW:
-        logger.info(metrics_after_run(config))
+        logger.info(metrics_after_run(config, get_listings()))

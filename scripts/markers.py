@@ -9,6 +9,7 @@ Every path under STATE comes from scripts/state_layout.py.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import tempfile
@@ -36,6 +37,13 @@ def valid_night(night: object) -> bool:
     """
     if not (isinstance(night, str) and len(night) == 8 and night.isascii() and night.isdigit()):
         return False
+    return _real_date(night)
+
+
+@functools.lru_cache(maxsize=8192)
+def _real_date(night: str) -> bool:
+    """Whether 8 ASCII digits are a date in `NIGHT_YEARS`: asked for the same few
+    thousand nights on every read of a listing or a state, so remembered."""
     year, month, day = int(night[:4]), int(night[4:6]), int(night[6:])
     if not NIGHT_YEARS[0] <= year <= NIGHT_YEARS[1]:
         return False

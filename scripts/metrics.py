@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,13 +32,16 @@ import scripts.status.reading as reading
 from scripts.configuration import get_now, with_defaults
 from scripts.lanes import lane_activity
 from scripts.markers import read_record, write_bytes_atomic, write_json_atomic
-from scripts.remote import first_night
+from scripts.remote import Listing, first_night
 from scripts.state_layout import (
     hpss_status_path,
+    listing_cache_path,
     metrics_cache_path,
     metrics_nights_path,
     metrics_path,
+    stream_directory,
 )
+from scripts.status.late import published_times
 from scripts.status.latency import publication_latency
 from scripts.status.model import NightStatus, parse_time
 from scripts.status.problems import (
@@ -79,7 +83,8 @@ OLDER_READ_SECONDS = 5.0
 
 
 def summarise_night(night: NightStatus, problems: Iterable[Problem]) -> dict[str, Any]:
-    """A night's figures (JSON, cached by the night's fingerprint): exposures and bytes
+    """A night's figures (JSON, cached by the night's fingerprint): the EXPIDs installed
+    and held (``ids``: kept for the window's nights only), exposures and bytes
     installed, the latency histogram's counts per bucket (the last: above 1 h), sum
     and count, each stage's newest success (epoch seconds), the exposures held, the
     problems of its records by kind and the exposures among them."""
@@ -113,7 +118,10 @@ def summarise_night(night: NightStatus, problems: Iterable[Problem]) -> dict[str
     problems = list(problems)
     kinds = count_kinds(problems)
     failed = {p.expid for p in problems if p.expid is not None}
-    return {"installed": installed, "bytes": size, "buckets": buckets,
+    ids = {"installed": sorted(e.expid for e in night.exposures.values()
+                               if "installed" in e.stages),
+           "held": sorted(e.expid for e in night.exposures.values() if e.held)}
+    return {"ids": ids, "installed": installed, "bytes": size, "buckets": buckets,
             "latency_sum": total, "latency_count": count, "newest": newest,
             "held": sum(1 for e in night.exposures.values() if e.held),
             "problems": kinds, "failed": len(failed)}
@@ -141,15 +149,16 @@ def cache_key(config: dict) -> dict:
 
 
 def night_summaries(config: dict, stream: str, index: Mapping[str, NightFiles],
-                    cached: Mapping[str, Any], deadline: float | None = None
-                    ) -> tuple[dict[str, dict], dict[str, list]]:
+                    cached: Mapping[str, Any], deadline: float | None = None,
+                    needs: tuple[str, ...] = ()) -> tuple[dict[str, dict], dict[str, list]]:
     """The summary of every night of `index`: from `cached` (night -> [fingerprint,
     summary]) where the night's fingerprint is the same, else read from its markers.
 
     `index` is `scripts.status.reading.scan_stream` with ``stat=True``. Returns the
     summaries and what to cache now; a night changed in the last `SETTLE_SECONDS` is
     read and not cached (it may still be changing). After `deadline` (``monotonic``
-    seconds) no more night is read: those left out have no summary.
+    seconds) no more night is read: those left out have no summary. A cached summary
+    without the keys `needs` is read again.
     """
     state, attempts = config["state"], config["verify"]["max_attempts"]
     newest_allowed = time.time_ns() - int(SETTLE_SECONDS * 1e9)
@@ -159,7 +168,8 @@ def night_summaries(config: dict, stream: str, index: Mapping[str, NightFiles],
         fingerprint = night_fingerprint(files, newest_allowed)
         entry = cached.get(night)
         if (fingerprint is not None and isinstance(entry, list) and len(entry) == 2
-                and entry[0] == fingerprint and _usable(entry[1])):
+                and entry[0] == fingerprint and _usable(entry[1])
+                and all(k in entry[1] for k in needs)):
             out[night] = entry[1]
             keep[night] = entry
             continue
@@ -217,21 +227,69 @@ def stream_summaries(config: dict, stream: str, oldest: str, now: float
     if cache.get("key") != key:
         cache = {}
     window_cached = cache.get("window") if isinstance(cache.get("window"), dict) else {}
-    before: list[str] = []  # the names of the older nights (one scandir for both)
-    index = reading.scan_stream(state, stream, stat=True, since=oldest, before=before)
-    window, window_keep = night_summaries(config, stream, index, window_cached)
+    index, listing = _window_index(state, stream, oldest, cache.get("listing"))
+    names = listing["before"]
+    window, window_keep = night_summaries(config, stream, index, window_cached,
+                                          needs=("ids",))
     older = cache.get("older") if isinstance(cache.get("older"), dict) else {}
-    names = _digest(before)
     checked = older.get("checked")
     fresh = (older.get("oldest") == oldest and older.get("names") == names
              and isinstance(checked, (int, float)) and 0 <= now - checked < OLDER_RECHECK_SECONDS
              and _usable(older.get("summary")) and isinstance(older.get("stale"), int))
     if not fresh:
         older = _sum_older(config, stream, oldest, key, names, now)
-    if not fresh or window_keep != window_cached:
-        write_json_atomic(path, {"key": key, "window": window_keep, "older": older})
+    if not fresh or window_keep != window_cached or listing != cache.get("listing"):
+        write_json_atomic(path, {"key": key, "window": window_keep, "older": older,
+                                 "listing": listing})
     return {**window, "older": {**older["summary"], "stale": older["stale"],
                                 "complete": older.get("complete", True)}}, index
+
+
+def _window_index(state: str, stream: str, oldest: str, listed: Any
+                  ) -> tuple[dict[str, NightFiles], dict[str, Any]]:
+    """The window's `scan_stream` index (with ``stat``), and what to remember of the
+    listing of ``STATE/STREAM``: its mtime, the window's names and the older names'
+    digest.
+
+    At archive scale ``STATE/STREAM`` holds thousands of names and listing it is most
+    of a no-op run's metrics. A name appears or goes there only by a rename or an
+    unlink, which changes the directory's mtime: while that is what was recorded (and
+    was older than `SETTLE_SECONDS` then, so no change can share its clock tick), the
+    remembered names are the directory's, and only they are ``stat``-ed.
+    """
+    directory = stream_directory(state, stream)
+    try:
+        mtime = os.stat(directory).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, {"mtime": None, "oldest": oldest, "window": {}, "before": _digest([])}
+    if (isinstance(listed, dict) and listed.get("mtime") == mtime
+            and listed.get("oldest") == oldest and listed.get("settled")
+            and isinstance(listed.get("window"), dict)
+            and isinstance(listed.get("before"), str)):
+        try:
+            return _restat(directory, listed["window"]), listed
+        except (OSError, TypeError, ValueError):
+            pass  # a name went (or a record read back is not what was written): list
+    before: list[str] = []  # the names of the older nights (one scandir for both)
+    index = reading.scan_stream(state, stream, stat=True, since=oldest, before=before)
+    window = {n: [f.directory, sorted(f.files)] for n, f in index.items()}
+    settled = mtime < time.time_ns() - int(SETTLE_SECONDS * 1e9)
+    return index, {"mtime": mtime, "oldest": oldest, "settled": settled, "window": window,
+                   "before": _digest(before)}
+
+
+def _restat(directory: Path, window: dict) -> dict[str, NightFiles]:
+    """The window's index from its remembered names (see `_window_index`)."""
+    index = {}
+    for night, (is_directory, names) in window.items():
+        files = NightFiles(directory=bool(is_directory))
+        if is_directory:
+            files.directory_mtime = os.stat(directory / night).st_mtime_ns
+        for name in names:
+            st = os.stat(directory / name)
+            files.files[str(name)] = (st.st_mtime_ns, st.st_size)
+        index[str(night)] = files
+    return index
 
 
 def _sum_older(config: dict, stream: str, oldest: str, key: dict, names: str,
@@ -246,6 +304,8 @@ def _sum_older(config: dict, stream: str, oldest: str, key: dict, names: str,
              if n < oldest}
     summaries, keep = night_summaries(config, stream, index, cached,
                                       time.monotonic() + OLDER_READ_SECONDS)
+    for entry in keep.values():  # an older night's EXPIDs are never asked for
+        entry[1].pop("ids", None)
     if keep != cached:
         write_json_atomic(path, {"key": key, "nights": keep})
     stale = 0
@@ -452,14 +512,46 @@ def exposition(snapshot: MetricsSnapshot) -> bytes:
 # --------------------------------------------------------------------------- reading, writing
 
 
-def observe_metrics(config: dict, now: dt.datetime | None = None) -> MetricsSnapshot:
+def observe_metrics(config: dict, now: dt.datetime | None = None,
+                    listings: Mapping[str, Listing | None] | None = None) -> MetricsSnapshot:
     """Read what the metrics say from the state: the nights' summaries (cached), the
     last listing, the late data at `now` (default: the configuration's ``now``), the
-    run's problems, the lanes and HPSS's last answer."""
-    return _observe(with_defaults(config), now)
+    run's problems, the lanes and HPSS's last answer.
+
+    A run passes the listings it planned from (stream -> `scripts.remote.Listing`,
+    None for a stream it could not list): they are the listing cache's content, so
+    the cache is not read and checked again.
+    """
+    return _observe(with_defaults(config), now, listings or {})
 
 
-def _observe(config: dict, now: dt.datetime | None) -> MetricsSnapshot:
+def _listing(state: str, stream: str, oldest: str, listing: Listing | None
+             ) -> tuple[dict[str, set[str]], float | None, dict, dict]:
+    """The last listing of `stream`: NIGHT -> EXPIDs, when it was made (epoch seconds),
+    (night, expid) -> publication, and the record `malformed_links` reads. From the
+    run's own `listing` when given (its time: the cache's mtime, written with it),
+    else from the cache."""
+    path = listing_cache_path(state, stream)
+    if listing is None:
+        record = read_record(path) or {}
+        listed, when = reading.listing_of(record)
+        return (listed, None if when is None else when.timestamp(),
+                published_times(state, stream, oldest, record, listed), record)
+    listed: dict[str, set[str]] = {}
+    for night, expid in listing.exposures:
+        listed.setdefault(night, set()).add(expid)
+    # Keys are NIGHT/EXPID, 8 digits each (the parse made them): sliced, not split.
+    published = {(key[:8], key[9:]): when for key, when in listing.published.items()
+                 if key[:8] >= oldest}
+    try:
+        made = os.stat(path).st_mtime
+    except OSError:
+        made = None
+    return listed, made, published, {"malformed": listing.malformed}
+
+
+def _observe(config: dict, now: dt.datetime | None,
+             listings: Mapping[str, Listing | None]) -> MetricsSnapshot:
     """`observe_metrics` of a configuration with its defaults."""
     now = now or get_now(config)
     state = config["state"]
@@ -467,39 +559,55 @@ def _observe(config: dict, now: dt.datetime | None) -> MetricsSnapshot:
     streams = []
     for stream in config["streams"]:
         summaries, index = stream_summaries(config, stream, oldest, time.time())
-        listed, when = reading.read_listing(state, stream)
-        pending = 0
+        listed, when, published, record = _listing(state, stream, oldest,
+                                                   listings.get(stream))
+        installed, pending = {}, 0
         for night, expids in listed.items():
-            seen = scan_night(state, stream, night)
-            pending += len(expids - seen.installed - seen.held)
+            ids = summaries.get(night, {}).get("ids")
+            if ids is None:  # a night read after the listing, or not cached: read it
+                seen = scan_night(state, stream, night)
+                ids = {"installed": seen.installed, "held": seen.held}
+            installed[night] = set(ids["installed"])
+            pending += len(expids - installed[night] - set(ids["held"]))
+        late = late_problems(config, stream, now, index, installed=installed,
+                             published=published)
         # The problems no night's records hold (see `scripts.status.problems`): the
         # malformed links, and the nights older than the window without a backup.
-        other = count_kinds(malformed_links(state, stream))
+        other = count_kinds(malformed_links(state, stream, record))
         stale = summaries["older"]["stale"]
         other[LABELS["backedup"]] = other.get(LABELS["backedup"], 0) + stale
-        streams.append(stream_figures(stream, summaries.values(), pending,
-                                      None if when is None else when.timestamp(),
-                                      late_problems(config, stream, now, index), other))
-    return MetricsSnapshot(streams, count_kinds(run_problems(config)), lane_activity(state),
+        streams.append(stream_figures(stream, summaries.values(), pending, when, late,
+                                      other))
+    locks = {name: {"locked": listing.locked, "lock_age": listing.lock_age}
+             for name, listing in listings.items() if listing is not None}
+    return MetricsSnapshot(streams, count_kinds(run_problems(config, listings=locks)),
+                           lane_activity(state),
                            read_record(hpss_status_path(state)), time.time())
 
 
-def write_metrics(config: dict, now: dt.datetime | None = None) -> Path:
+def write_metrics(config: dict, now: dt.datetime | None = None,
+                  listings: Mapping[str, Listing | None] | None = None,
+                  defaults: bool = False) -> Path:
     """Write the metrics file (atomically: a temporary file beside it, then a rename; a
-    link planted at its name is replaced, never followed); return its path."""
-    config = with_defaults(config)
+    link planted at its name is replaced, never followed); return its path.
+    `listings`: see `observe_metrics`. With `defaults`, `config` has its defaults
+    already (Snakemake's validation sets them, as the cron entry's `with_defaults`)."""
+    config = config if defaults else with_defaults(config)
     path = metrics_path(config)
-    write_bytes_atomic(path, exposition(_observe(config, now)), PUBLIC_MODE)
+    write_bytes_atomic(path, exposition(_observe(config, now, listings or {})),
+                       PUBLIC_MODE)
     return path
 
 
-def metrics_after_run(config: dict) -> str:
-    """Snakemake's onsuccess/onerror: write the metrics file; one line for the log.
+def metrics_after_run(config: dict,
+                      listings: Mapping[str, Listing | None] | None = None) -> str:
+    """Snakemake's onsuccess/onerror (and the cron entry): write the metrics file; one
+    line for the log. `config` has its defaults (both callers' have them).
     Metrics must never turn a good transfer into a failed run: an error is reported in
     the line (and the monitoring sees the file grow old)."""
     start = time.monotonic()
     try:
-        path = write_metrics(config)
+        path = write_metrics(config, listings=listings, defaults=True)
     except ImportError as err:  # an environment made before the dependency
         line = (f"Metrics NOT written: {err.name or err} is not installed; the transfers"
                 " are not affected. Run: .venv/bin/pip install -r requirements.txt")

@@ -73,35 +73,48 @@ def late_backups(stream: str, unbacked: Iterable[str], now: float, backup_hour: 
     return out
 
 
-def published_times(state: str | os.PathLike, stream: str,
-                    oldest: str) -> dict[tuple[str, str], float]:
+def published_times(state: str | os.PathLike, stream: str, oldest: str,
+                    record: dict | None = None,
+                    listed: Mapping[str, set[str]] | None = None
+                    ) -> dict[tuple[str, str], float]:
     """(night, expid) → publication time (epoch seconds) of every exposure in the last
-    listing of `stream`, from night `oldest` on. Read back, not trusted: a key that is
-    no NIGHT/EXPID or a time that is no number is skipped."""
-    record = read_record(listing_cache_path(state, stream)) or {}
+    listing of `stream` (its cache, or `record` when the caller has read it), from
+    night `oldest` on. Read back, not trusted: a key that is no NIGHT/EXPID (or, given
+    `listed`, the record's exposures checked by `scripts.status.reading.listing_of`,
+    none of them) or a time that is no number is skipped."""
+    if record is None:
+        record = read_record(listing_cache_path(state, stream)) or {}
     published = record.get("published")
     out = {}
     for key, when in (published.items() if isinstance(published, dict) else ()):
         night, _, expid = str(key).partition("/")
-        if (valid_night(night) and valid_expid(expid) and night >= oldest
+        known = (expid in listed.get(night, ()) if listed is not None
+                 else valid_night(night) and valid_expid(expid))
+        if (known and night >= oldest
                 and isinstance(when, (int, float)) and not isinstance(when, bool)):
             out[night, expid] = float(when)
     return out
 
 
-def read_late(config: dict, stream: str, now: dt.datetime,
-              index: Mapping[str, NightFiles]) -> tuple[list[LateExposure], list[LateNight]]:
+def read_late(config: dict, stream: str, now: dt.datetime, index: Mapping[str, NightFiles],
+              installed: Mapping[str, set[str]] | None = None,
+              published: Mapping[tuple[str, str], float] | None = None
+              ) -> tuple[list[LateExposure], list[LateNight]]:
     """The late exposures and nights of `stream` at `now`.
 
     `index` is the stream's `scripts.status.reading.scan_stream`. Only nights in the
     look-back window count: an older night without a backup is already a problem of its
-    own (`scripts.status.problems`, "older than lookback_nights").
+    own (`scripts.status.problems`, "older than lookback_nights"). A caller that has
+    read them already passes `installed` (night -> installed EXPIDs of the listed
+    nights) and `published` (`published_times`).
     """
     state, alerts = config["state"], config["alerts"]
     oldest = first_night(now, config["lookback_nights"])
-    published = published_times(state, stream, oldest)
-    installed = {night: scan_night(state, stream, night).installed
-                 for night in {n for n, _ in published}}
+    if published is None:
+        published = published_times(state, stream, oldest)
+    if installed is None:
+        installed = {night: scan_night(state, stream, night).installed
+                     for night in {n for n, _ in published}}
     exposures = late_exposures(stream, published, installed, now.timestamp(),
                                alerts["late_after"])
     nights: list[LateNight] = []

@@ -252,26 +252,31 @@ def late_night_problem(config: dict, late: LateNight) -> Problem:
         " installed); this clears when the night is backed up", str(marker))
 
 
-def late_problems(config: dict, stream: str, now: dt.datetime,
-                  index: dict[str, NightFiles]) -> list[Problem]:
-    """Late exposures and late nights of a stream (`scripts.status.late`)."""
-    exposures, nights = read_late(config, stream, now, index)
+def late_problems(config: dict, stream: str, now: dt.datetime, index: dict[str, NightFiles],
+                  **known) -> list[Problem]:
+    """Late exposures and late nights of a stream (`scripts.status.late.read_late`,
+    which takes what the caller has read already as `known`)."""
+    exposures, nights = read_late(config, stream, now, index, **known)
     return ([late_exposure_problem(config, e) for e in exposures]
             + [late_night_problem(config, n) for n in nights])
 
 
-def malformed_links(state: str | os.PathLike, stream: str) -> list[Problem]:
-    """One problem per malformed link in the stream's last listing."""
+def malformed_links(state: str | os.PathLike, stream: str,
+                    listing: dict | None = None) -> list[Problem]:
+    """One problem per malformed link in the stream's last listing (its cache, or
+    `listing` when the caller has read it)."""
     path = listing_cache_path(state, stream)
-    listing = read_record(path) or {}
+    listing = read_record(path) or {} if listing is None else listing
     return [Problem(stream, "", None, "listing", "malformed symlink", "", "",
                     "a link on the mountain is not SOURCE/NIGHT/EXPID; it is skipped. Fix or"
                     " remove it at the mountain", str(path), subject_item=printable(link))
             for link in listing.get("malformed", [])]
 
 
-def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> list[Problem]:
-    """The problems of the whole run: a refused configuration, an unreachable mountain."""
+def run_problems(config: dict, config_file: str | os.PathLike | None = None,
+                 listings: dict | None = None) -> list[Problem]:
+    """The problems of the whole run: a refused configuration, an unreachable mountain.
+    `listings`: see `checksum_lock_problem`."""
     state = config["state"]
     out = []
     refused = read_record(configuration_path(state))
@@ -292,13 +297,15 @@ def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> 
             runs, unreachable.get("since", ""),
             "check the host, the network and the ssh keys; transfers resume by themselves",
             str(unreachable_path(state)), subject_item=printable(host)))
-    lock = checksum_lock_problem(config)
+    lock = checksum_lock_problem(config, listings)
     return [*out, *([] if lock is None else [lock]), *lane_problems(config)]
 
 
-def checksum_lock_problem(config: dict) -> Problem | None:
+def checksum_lock_problem(config: dict, listings: dict | None = None) -> Problem | None:
     """The mountain's checksum lock, when the last listing of any stream found it older
-    than ``remote.checksum_lock_max_age``; the work stays held back while it exists."""
+    than ``remote.checksum_lock_max_age``; the work stays held back while it exists.
+    `listings` (stream -> ``{"locked", "lock_age"}``) are the caller's own listings,
+    the cache's content: the cache of the streams it lacks is read."""
     remote, state, streams = config.get("remote"), config["state"], config.get("streams")
     # Also read after a refused configuration: whatever it holds, no exception here.
     if not (isinstance(remote, dict) and isinstance(streams, dict)):
@@ -309,7 +316,7 @@ def checksum_lock_problem(config: dict) -> Problem | None:
     oldest, where = None, None
     for stream in streams:
         path = listing_cache_path(state, stream)
-        listing = read_record(path) or {}
+        listing = (listings or {}).get(stream) or read_record(path) or {}
         age = listing.get("lock_age")
         if (listing.get("locked") and isinstance(age, (int, float)) and age > limit
                 and (oldest is None or age > oldest)):

@@ -164,7 +164,11 @@ def read_night(state: str | os.PathLike, stream: str, night: str,
 def read_listing(state: str | os.PathLike, stream: str) -> tuple[dict[str, set[str]],
                                                                  dt.datetime | None]:
     """The last listing of the mountain: NIGHT → published EXPIDs, and when it was made."""
-    record = read_record(listing_cache_path(state, stream)) or {}
+    return listing_of(read_record(listing_cache_path(state, stream)) or {})
+
+
+def listing_of(record: dict) -> tuple[dict[str, set[str]], dt.datetime | None]:
+    """`read_listing` of a listing cache's record already read."""
     nights: dict[str, set[str]] = {}
     for item in record.get("exposures", []):
         # A cache written before a check existed may hold an impossible date.
