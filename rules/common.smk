@@ -18,6 +18,7 @@ from snakemake.settings.types import DeploymentMethod
 from scripts.configuration import (
     ConfigurationError,
     check_configuration,
+    expand_paths,
     get_now,
     get_streams,
 )
@@ -41,6 +42,7 @@ from scripts.job import ENV_RUN_PID
 from scripts.time_limits import job_minutes, job_seconds
 
 try:
+    config.update(expand_paths(config))  # ${VAR}, $VAR and ~: no `$` reaches a path
     check_configuration(config)
 except ConfigurationError as err:
     sys.exit(f"desitransfer: {', '.join(map(str, workflow.configfiles))}: {err}")

@@ -5,10 +5,12 @@
     scripts/cron_entry.py [CONFIG] --plan [--lane exposures|nights]
     scripts/cron_entry.py --version
 
-CONFIG defaults to the ``config.yaml`` beside the Snakefile; further arguments go to
-Snakemake. Fresh data first: each lane (scripts/lanes.py) is a Snakemake run of its
-own behind its own lock, and one invocation runs every lane whose lock is free, the
-exposure lane first, so tonight's exposures never wait behind a backup or a
+CONFIG defaults to ``$DESITRANSFER_CONFIG``, else the ``config.yaml`` beside the
+Snakefile (scripts/configuration.py `find_configuration`, as every tool); the file read
+is the log's first line (``--plan``: stderr's). Further arguments go to Snakemake.
+Fresh data first: each lane (scripts/lanes.py) is a Snakemake run of its own behind
+its own lock, and one invocation runs every lane whose lock is free, the exposure lane
+first, so tonight's exposures never wait behind a backup or a
 catch-up. The exposure lane plans a bounded number of exposures per run
 (``exposures_per_run``) and runs again at once while more are pending, each run with a
 fresh listing, so a backlog drains over many short runs. ``--lane`` restricts an
@@ -38,7 +40,14 @@ sys.path.insert(0, str(REPO))
 
 from scripts import __version__
 from scripts.alerts import send_alerts
-from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
+from scripts.configuration import (
+    ANNOUNCEMENT,
+    ConfigurationError,
+    announce_configuration,
+    find_configuration,
+    get_now,
+    read_configuration,
+)
 from scripts.joblog import file_handler
 from scripts.status.problems import all_problems, lane_problems, run_problems
 from scripts.status.report import page_shows, rebuild_after_run
@@ -86,7 +95,8 @@ def prune_snakemake_logs(workdir: Path, keep: int = KEEP_SNAKEMAKE_LOGS) -> None
 def configuration_error(stderr: str, config_file: Path) -> str | None:
     """The line in which the workflow refused the configuration, if it did."""
     return next((line for line in stderr.splitlines()
-                 if line.startswith("desitransfer:") and str(config_file) in line), None)
+                 if line.startswith("desitransfer:") and str(config_file) in line
+                 and not line.startswith(ANNOUNCEMENT)), None)
 
 
 def alert(config: dict, config_file: Path, state: Path, run_start: float,
@@ -139,7 +149,8 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The cron entry's own options, and the arguments for Snakemake.
 
     Returns the options (``config``: CONFIG, the first argument that is not an option,
-    else the ``config.yaml`` beside the Snakefile; ``lane``; ``debug``) and, in their
+    else ``$DESITRANSFER_CONFIG``, else the ``config.yaml`` beside the Snakefile, and
+    ``origin``, which of them; ``lane``; ``debug``) and, in their
     order, the arguments that are not the entry's own: they go to Snakemake.
     ``--version`` prints the version and exits.
 
@@ -164,10 +175,8 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                              " change nothing")
     options, rest = parser.parse_known_args(argv)
     # -d stays Snakemake's --directory; CONFIG is the first argument, if not an option.
-    if rest and not rest[0].startswith("-"):
-        options.config = Path(rest.pop(0))
-    else:
-        options.config = REPO / "config.yaml"
+    given = rest.pop(0) if rest and not rest[0].startswith("-") else None
+    options.config, options.origin = find_configuration(given)
     return options, rest
 
 
@@ -295,10 +304,10 @@ def report_outcome(results: list[subprocess.CompletedProcess], seconds: float) -
 
 def print_plan(config: dict, config_file: Path, lanes: Sequence[str]) -> int:
     """``--plan``: what the next invocation would do (scripts/next_run.py); nothing is
-    written, no log either. The configuration file goes to stderr, the plan to stdout."""
+    written, no log either. The plan goes to stdout (the configuration file to stderr,
+    said by the caller)."""
     from scripts.next_run import show_plan
 
-    print(f"desitransfer: configuration {config_file}", file=sys.stderr)
     try:
         status, lines = show_plan(config, config_file, lanes)
     except ConfigurationError as err:
@@ -317,8 +326,10 @@ def main(argv: list[str]) -> int:
         return 2
     config_file, only_lane, debug = options.config, options.lane, options.debug
     os.umask(0o027)  # lock, log and state files: never writable by other users
+    if options.plan:
+        announce_configuration([config_file], options.origin)
     try:
-        config = with_defaults(load_yaml(config_file))
+        config = read_configuration(config_file)
     except ConfigurationError as err:
         print(f"desitransfer: {err}", file=sys.stderr)
         return 2
@@ -327,6 +338,7 @@ def main(argv: list[str]) -> int:
     state = Path(config.get("state") or "state")
     debug = debug or config.get("debug") is True
     setup_logging(logs_directory(config), debug)
+    log.info("configuration %s (%s)", config_file.absolute(), options.origin)
     kill_file = Path(os.path.expanduser(config["kill_file"]))
     if kill_file.exists():
         log.info("%s detected, not running (remove it to resume transfers).", kill_file)

@@ -20,6 +20,7 @@ from scripts.configuration import (
     describe_validation_error,
     get_now,
     get_streams,
+    require_state,
 )
 from scripts.observe import observe, with_hpss
 from scripts.plan import Plan, describe, make_plan
@@ -54,8 +55,5 @@ def show_plan(config: dict, config_file: Path, lanes: Sequence[str]) -> tuple[in
     problem = describe_validation_error(config, [str(config_file)])
     if problem is not None:
         raise ConfigurationError(problem)
-    state = Path(config["state"])
-    if not state.is_dir():
-        raise ConfigurationError(f"{config_file}: state {state} does not exist: nothing has"
-                                 " run with this configuration yet (or the path is wrong)")
+    require_state(config, config_file)
     return 0, describe(plan_lanes(config, lanes))

@@ -466,13 +466,15 @@ def test_a_bad_configuration_is_one_line_and_exit_2(tmp_path):
     result = audit(bad)
     assert result.returncode == 2
     assert result.stdout == b""
+    # The file read, then the one line of what is wrong with it.
     assert result.stderr.decode().splitlines() == [
+        f"desitransfer: configuration {bad} (argument)",
         f"audit: {bad}: line 2 is not valid YAML; fix it"]
     bad.write_text(yaml.safe_dump({"state": "s", "remote": {"host": "local"}}))
     result = audit(bad)
     assert result.returncode == 2
-    assert len(result.stderr.decode().splitlines()) == 1
-    assert "streams" in result.stderr.decode()
+    assert len(result.stderr.decode().splitlines()) == 2
+    assert "streams" in result.stderr.decode().splitlines()[1]
 
 
 @pytest.mark.parametrize(("args", "message"), [

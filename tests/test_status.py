@@ -426,8 +426,9 @@ def test_several_streams_get_a_directory_each(known):
 
 def test_unreadable_config_is_one_line(tmp_path, capsys):
     assert status.main(["--config", str(tmp_path / "missing.yaml")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read" in err
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("desitransfer: configuration ")  # the file read, then why not
+    assert len(lines) == 2 and "cannot read" in lines[1]
 
 
 def test_workflow_writes_the_status_files(site, tape):

@@ -19,7 +19,14 @@ import json
 import sys
 
 import scripts.status.reading as reading
-from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
+from scripts.configuration import (
+    ConfigurationError,
+    announce_configuration,
+    find_configuration,
+    get_now,
+    read_configuration,
+    require_state,
+)
 from scripts.lanes import lane_activity
 from scripts.markers import read_record, valid_night
 from scripts.status.formatting import duration, format_table, human_bytes, lane_text, short_time
@@ -157,7 +164,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m scripts.status",
         description="Show the transfer status, read from the state (markers and failure"
                     " records); --write rebuilds the status files and page.")
-    parser.add_argument("--config", default="config.yaml", help="configuration file")
+    parser.add_argument("--config", help="configuration file (default: $DESITRANSFER_CONFIG,"
+                                          " else config.yaml beside the Snakefile)")
     parser.add_argument("--nights", type=int, default=10, help="how many recent nights")
     parser.add_argument("--night", help="the exposures of one night (YYYYMMDD)")
     parser.add_argument("--failures", action="store_true", help="what needs a person")
@@ -173,16 +181,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_config(path: str) -> tuple[dict, dt.datetime]:
-    """The configuration with its defaults, and the time it says it is.
+    """The configuration with its defaults, paths expanded, and the time it says it is.
 
     Raises
     ------
     ConfigurationError
-        One line naming the file and what is wrong.
+        One line naming the file and what is wrong; a state directory that does not
+        exist is one too (its report would be empty, not good).
     """
     try:
-        config = with_defaults(load_yaml(path))
+        config = read_configuration(path)
         config["state"], config["streams"]  # noqa: B018 (required keys)
+        require_state(config, path)
         return config, get_now(config)
     except KeyError as err:
         raise ConfigurationError(f"{path}: {err.args[0]} is required; see README.md, section"
@@ -191,8 +201,10 @@ def load_config(path: str) -> tuple[dict, dt.datetime]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
+    path, origin = find_configuration(args.config)
+    announce_configuration([path], origin)
     try:
-        config, now = load_config(args.config)
+        config, now = load_config(path)
     except ConfigurationError as err:
         print(f"status: {err}", file=sys.stderr)
         return 2
