@@ -20,6 +20,7 @@ from scripts.links import (
     resolve_exposure,
     same_exposure,
 )
+from scripts.markers import attempt_text
 from scripts.own_dirs import Pinned
 from scripts.rsync import rsync_command
 
@@ -144,8 +145,8 @@ def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
         result = verify_exposure(readable(copy), checksum_name, threads=threads)
         if result.ok:
             return result, attempt, copy
-        log.error("checksum error(s) detected for %s/%s (attempt %d of %d): %s",
-                  night, expid, attempt, max_attempts, result.reason())
+        log.error("checksum error(s) detected for %s/%s (%s): %s",
+                  night, expid, attempt_text(attempt, max_attempts), result.reason())
         if record_failure is not None:
             record_failure(result, attempt)
         if attempt >= max_attempts:

@@ -18,8 +18,10 @@ invocation to one lane (scrontab: one entry per lane).
 
 The entry exits 0 at once when the kill file exists or when every lane is busy, runs
 Snakemake with the default profile, logs to a rotating file, and exits non-zero with
-a short summary on stderr only when something failed, so that cron's own mail
-carries real problems.
+a short summary on stderr only for news: a problem that needs a person and that the
+last invocation did not know, or a run that failed leaving no record. A problem
+already told, or a job failure still within its retries, leaves stderr empty, so
+cron's own mail carries news only.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ from scripts.lanes import (
     new_run_id,
     note_busy,
 )
-from scripts.markers import read_record
+from scripts.markers import read_record, write_json_atomic
 from scripts.run_lock import ENV_FD, LANES, RunLockRefused, lock_path, try_lock
-from scripts.state_layout import logs_directory
+from scripts.state_layout import logs_directory, reported_path
 
 log = logging.getLogger("desitransfer.cron")
 #: Snakemake's own run logs kept in .snakemake/log.
@@ -100,9 +102,11 @@ def configuration_error(stderr: str, config_file: Path) -> str | None:
 
 
 def alert(config: dict, config_file: Path, state: Path, run_start: float,
-          stderr: str) -> None:
+          stderr: str) -> list | None:
     """Record the run's own problems, then mail what needs a person (the problems the
     status page and ``scripts.status --failures`` show); never fail the transfer for it.
+
+    Returns the problems, or None when they could not be read.
     """
     refused = configuration_error(stderr, config_file)
     try:
@@ -121,12 +125,13 @@ def alert(config: dict, config_file: Path, state: Path, run_start: float,
         sent = send_alerts(state, config["alerts"], problems)
     except OSError as err:  # the state's disk: log, never fail the transfer for it
         log.error("alerts not processed: %s", err)
-        return
+        return None
     except Exception as err:  # noqa: BLE001 (the failure path itself must never raise)
         log.exception("alerts not processed: %s: %s", type(err).__name__, err)
-        return
+        return None
     if sent["new"] or sent["resolved"]:
         log.info("alerts: %d new, %d resolved", sent["new"], sent["resolved"])
+    return problems
 
 
 def current_problems(config: dict, refused: str | None) -> list:
@@ -180,6 +185,17 @@ def parse_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return options, rest
 
 
+def relayed_level(line: str, previous: int) -> int:
+    """The cron log's level of a line of Snakemake's output: ERROR for a job's error
+    (``Error in rule`` and the indented lines that follow it), a refusal or a traceback;
+    INFO for the rest."""
+    if line.startswith(("Error in rule", "Exiting because", "Traceback", "MissingOutput")) \
+            or " ERROR " in line \
+            or (line.startswith("desitransfer:") and not line.startswith(ANNOUNCEMENT)):
+        return logging.ERROR
+    return previous if line.startswith((" ", "\t")) else logging.INFO
+
+
 def run_lane(state: Path, lane: str, lock, run_id: str,
              command: list[str]) -> subprocess.CompletedProcess:
     """One Snakemake run (`command`) of `lane`, holding its lock (handed down as `lock`),
@@ -191,9 +207,11 @@ def run_lane(state: Path, lane: str, lock, run_id: str,
                             pass_fds=(lock.fileno(),),
                             env={**os.environ, ENV_FD: str(lock.fileno()), ENV_LANE: lane,
                                  ENV_RUN: run_id})
+    level = logging.INFO
     for line in (result.stdout + result.stderr).splitlines():
         if line.strip():
-            log.info("| %s", line)
+            level = relayed_level(line, level)
+            log.log(level, "| %s", line)
     log.info("the %s lane's run %s ended with status %d after %.1f s", lane, run_id,
              result.returncode, time.monotonic() - start)
     finish_activity(state, [lane], run_id, result.returncode)
@@ -287,19 +305,54 @@ def failure_summary(failed: list[subprocess.CompletedProcess]) -> str:
     return "\n".join(errors[:20]) or "\n".join(failed[0].stderr.splitlines()[-20:])
 
 
-def report_outcome(results: list[subprocess.CompletedProcess], seconds: float) -> int:
-    """Log how the invocation ended; on a failure also tell cron (stderr). The exit status."""
+def unexplained_failures(failed: list[subprocess.CompletedProcess], config_file: Path,
+                         listing_failed: bool) -> list[str]:
+    """The summaries of failed runs that left no record a problem is read from: not a
+    job's failure (each leaves its failure record), not a refused configuration, not
+    a listing failure (recorded, mailed after ``alerts.unreachable_runs``)."""
+    return [failure_summary([result]) for result in failed
+            if "Error in rule" not in result.stderr and not listing_failed
+            and configuration_error(result.stderr, config_file) is None]
+
+
+def news(state: Path, items: dict[str, str]) -> list[str]:
+    """The lines of `items` (key: line) that the last invocation did not know; the
+    ledger then holds `items`. A problem that clears and comes back is news again."""
+    path = reported_path(state)
+    known = (read_record(path) or {}).get("keys") or []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"keys": sorted(items)})
+    return [line for key, line in items.items() if key not in known]
+
+
+def report_outcome(results: list[subprocess.CompletedProcess], seconds: float,
+                   state: Path, problems: list | None, unexplained: list[str]) -> int:
+    """Log how the invocation ended; tell cron (stderr, exit 1) only what is news: a
+    problem that needs a person and that the last invocation did not know, or a run
+    that failed without any record to read a problem from. Problems already told,
+    and job failures still within their retries, leave stderr empty: cron mails
+    nothing. The exit status."""
     failed = [result for result in results if result.returncode != 0]
     if failed:
-        summary = failure_summary(failed)
-        status = failed[0].returncode
-        log.error("run failed (status %d) after %.0f s", status, seconds)
-        log_file = logging.getLogger("desitransfer").handlers[0].baseFilename
-        print(f"desitransfer run failed (status {status}); see {log_file}\n{summary}",
-              file=sys.stderr)
-        return 1
-    log.info("run finished in %.1f s", seconds)
-    return 0
+        log.error("run failed (status %d) after %.0f s", failed[0].returncode, seconds)
+    else:
+        log.info("run finished in %.1f s", seconds)
+    if problems is None:  # they could not be read: every failure is news
+        lines = [failure_summary(failed)] if failed else []
+    else:
+        items = {p.key: f"{p.stream} {p.item}: {p.label}: {p.reason}" for p in problems}
+        items.update((f"run|{text.splitlines()[0]}", text) for text in unexplained if text)
+        try:
+            lines = news(state, items)
+        except OSError as err:  # the state's disk: the news cannot be told apart
+            log.error("cannot record what was reported: %s", err)
+            lines = list(items.values())
+    if not lines:
+        return 0
+    log_file = logging.getLogger("desitransfer").handlers[0].baseFilename
+    print(f"desitransfer: {len(lines)} new problem(s); see {log_file} and"
+          " `python -m scripts.status --failures`\n" + "\n".join(lines), file=sys.stderr)
+    return 1
 
 
 def print_plan(config: dict, config_file: Path, lanes: Sequence[str]) -> int:
@@ -352,12 +405,17 @@ def main(argv: list[str]) -> int:
     if not results:
         # Every lane busy: nothing new, unless a lane has been busy for too long (a
         # hung run, a lock held by someone else): that must not go unnoticed.
-        if lane_problems(config):
-            alert(config, config_file, state, run_start, "")
-        return 0
+        if not lane_problems(config):
+            return 0
+        problems = alert(config, config_file, state, run_start, "")
+        return report_outcome([], time.monotonic() - start, state, problems, [])
     prune_snakemake_logs(Path.cwd())
-    alert(config, config_file, state, run_start, "\n".join(r.stderr for r in results))
-    return report_outcome(results, time.monotonic() - start)
+    stderr = "\n".join(r.stderr for r in results)
+    problems = alert(config, config_file, state, run_start, stderr)
+    unexplained = unexplained_failures(
+        [r for r in results if r.returncode != 0], config_file,
+        bool(listing_failures(state, list(config.get("streams") or {}), since=run_start)))
+    return report_outcome(results, time.monotonic() - start, state, problems, unexplained)
 
 
 if __name__ == "__main__":

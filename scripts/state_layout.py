@@ -12,8 +12,9 @@
     STATE/.listing/STREAM.json[.failed]   the listing cache, and why listing failed
     STATE/.listing/STREAM.unlisted        the target of a stream's listing failure
     STATE/.lanes/LANE.lock, LANE.json     a lane's lock and its activity record
-    STATE/.alerts/sent.json, unreachable.json
-                                          what was mailed; unreachable runs counted
+    STATE/.alerts/sent.json, unreachable.json, reported.json
+                                          what was mailed; unreachable runs counted;
+                                          what the cron entry last told cron
     STATE/.config/config-DIGEST.json      the configuration a job reads
     STATE/.hpss_status.json               HPSS's last answer, for the status page
     STATE/.configuration.failed           this run's configuration error
@@ -104,6 +105,11 @@ def activity_path(state: str | os.PathLike, lane: str) -> Path:
 def ledger_path(state: str | os.PathLike) -> Path:
     """What was mailed, so that each problem is mailed once."""
     return Path(state, ".alerts", "sent.json")
+
+
+def reported_path(state: str | os.PathLike) -> Path:
+    """The problems the cron entry's last invocation knew, so that cron mails news only."""
+    return Path(state, ".alerts", "reported.json")
 
 
 def unreachable_path(state: str | os.PathLike) -> Path:
