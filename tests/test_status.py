@@ -368,7 +368,7 @@ def test_command_one_night_and_failures(known, tmp_path, capsys):
     config.write_text(json.dumps(known))
     status.main(["--config", str(config), "--night", "20270101"])
     table, backlog = capsys.readouterr().out.split("\n\n")
-    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    rows = {line.split()[1]: line for line in table.splitlines()[1:]}  # stream, expid, …
     assert "20270101 backup: waiting for 1 exposure(s) to be installed: 00001303" in backlog
     assert list(rows) == ["00001300", "00001301", "00001302", "00001303"]
     assert "held" in rows["00001302"] and MISMATCH in rows["00001302"]
