@@ -22,6 +22,7 @@ from pathlib import Path
 
 from scripts import __version__
 from scripts.escaping import printable, printable_lines
+from scripts.state_layout import rule_log_path
 from scripts.status.formatting import duration, human_bytes
 from scripts.status.model import NightStatus
 
@@ -82,7 +83,7 @@ def _log(path: Path) -> str:
             f"<pre>{html.escape(printable_lines(text))}</pre></details>")
 
 
-def night_section(night: NightStatus, logs: Path) -> str:
+def night_section(night: NightStatus, state: str | os.PathLike) -> str:
     """The HTML of one stream's night: its stages, exposures, failures and logs."""
     out = [f"<h2>Stream {_text(night.stream)}</h2>",
            f"<p>State: <b>{_text(night.state or '?')}</b>; {len(night.exposures)}"
@@ -100,7 +101,7 @@ def night_section(night: NightStatus, logs: Path) -> str:
                + "<th>on tape</th><th>logs</th></tr>")
     for exposure in night.sorted_exposures():
         logs_html = "".join(
-            _log(Path(f"{logs / exposure.expid}.{stage}.log"))
+            _log(Path(rule_log_path(state, night.stream, night.night, exposure.expid, stage)))
             for stage in (*EXPOSURE_STAGES, "updated"))
         archive = archived.get(exposure.expid)
         out.append(
@@ -111,8 +112,8 @@ def night_section(night: NightStatus, logs: Path) -> str:
             + f"<td>{_text(archive.get('name', '') if archive else '')}</td>"
             f"<td>{logs_html}</td></tr>")
     out.append("</table>")
-    night_logs = sorted(logs.parent.glob(f"{night.night}.*.log")) if logs.parent.is_dir() \
-        else []
+    stream_logs = Path(rule_log_path(state, night.stream, night.night, None, "any")).parent
+    night_logs = sorted(stream_logs.glob(f"{night.night}.*.log"))
     if night_logs:
         out.append("<h3>Night logs</h3>" + "".join(_log(p) for p in night_logs))
     return "\n".join(out)
@@ -121,7 +122,7 @@ def night_section(night: NightStatus, logs: Path) -> str:
 def night_report(night: str, nights: list[NightStatus], state: str | os.PathLike,
                  config_file: str, now: dt.datetime) -> str:
     """The whole HTML document of `night` over `nights` (one per stream)."""
-    sections = [night_section(n, Path(state, "logs", n.stream, night)) for n in nights]
+    sections = [night_section(n, state) for n in nights]
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>desitransfer night {_text(night)}</title><style>{STYLE}</style></head><body>",
