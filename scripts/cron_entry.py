@@ -43,6 +43,7 @@ from scripts.joblog import file_handler
 from scripts.status.problems import all_problems, lane_problems, run_problems
 from scripts.status.report import page_shows, rebuild_after_run
 from scripts.status.run_records import count_unreachable, listing_failures, record_configuration
+from scripts.job_watchdog import Watchdog
 from scripts.lanes import (
     ENV_LANE,
     ENV_RUN,
@@ -178,10 +179,13 @@ def run_lane(state: Path, lane: str, lock, run_id: str,
     log.info("starting (desitransfer-workflow %s) the %s lane, run %s: %s", __version__, lane,
              run_id, " ".join(command))
     start = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            pass_fds=(lock.fileno(),),
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, pass_fds=(lock.fileno(),),
                             env={**os.environ, ENV_FD: str(lock.fileno()), ENV_LANE: lane,
                                  ENV_RUN: run_id})
+    with Watchdog(proc.pid):  # a job that cannot end itself is ended from here
+        out, err = proc.communicate()
+    result = subprocess.CompletedProcess(command, proc.returncode, out, err)
     for line in (result.stdout + result.stderr).splitlines():
         if line.strip():
             log.info("| %s", line)

@@ -37,8 +37,9 @@ temporary mountain + data centre, with faults between and during the runs:
   (``20261131/EXPID``, ``20260230/EXPID``...); it stays published to the end;
 * ``stale_checksum_lock``: the mountain's checksum lock, three days old (older than
   ``remote.checksum_lock_max_age``); removed again three runs later;
-* ``sigstop_job``: a running stage or backup job's process is stopped (SIGSTOP) during
-  the run; the job's wall-clock limit (``runtime_margin`` is small here) must end it;
+* ``sigstop_job``: a running stage or backup job's process (its worker, or its
+  supervisor, before or after it forked) is stopped (SIGSTOP) during the run; the job's
+  wall-clock limit (``runtime_margin`` is small here) must end it;
 * ``kill_cron``: SIGKILL of the cron entry and its Snakemake processes (not the process
   group) while a job runs.
 
@@ -843,14 +844,12 @@ class Soak:
         if not jobs:
             return False
         if self.during == "sigstop_job":
-            # the worker, which does the job's work: its parent is the job's supervisor
-            # (scripts/job.py), which ends it at the job's limit. (A supervisor stopped
-            # before it forked has no watchdog here; the stalled-lane problem names it.)
+            # the job's worker (its parent is the job's supervisor, scripts/job.py, which
+            # ends it at the limit) or the supervisor itself, forked or not yet (the cron
+            # entry's watchdog, scripts/job_watchdog.py, ends it)
             pids = {p.pid for p in jobs}
             workers = [p for p in jobs if parent_of(p.pid) in pids]
-            if not workers:
-                return False
-            job = workers[0]
+            job = self.rng.choice(workers) if workers and self.rng.random() < 0.5 else jobs[0]
             step = JOB_RE.search(job.command).group(1)
             limit = self.job_limit(step)
             os.kill(job.pid, signal.SIGSTOP)
