@@ -12,6 +12,7 @@
     STATE/status/                         DESI's status files (default of ``status``)
     STATE/.listing/STREAM.json[.failed]   the listing cache, and why listing failed
     STATE/.listing/STREAM.unlisted        the target of a stream's listing failure
+    STATE/.listing/STREAM.empty           runs in a row that found no link at all
     STATE/.lanes/LANE.lock, LANE.json     a lane's lock and its activity record
     STATE/.alerts/sent.json, unreachable.json
                                           what was mailed; unreachable runs counted
@@ -100,6 +101,11 @@ def listing_failure_path(state: str | os.PathLike, stream: str) -> Path:
 def unlisted_target(state: str | os.PathLike, stream: str) -> str:
     """The target a run gives a stream it could not list (a job that fails, saying why)."""
     return str(Path(state, ".listing", f"{stream}.unlisted"))
+
+
+def empty_listing_path(state: str | os.PathLike, stream: str) -> Path:
+    """Whether a stream listed links before, and the runs since that found none."""
+    return Path(state, ".listing", f"{stream}.empty")
 
 
 def listing_log_path(state: str | os.PathLike, stream: str) -> str:

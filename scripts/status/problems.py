@@ -52,6 +52,7 @@ from scripts.run_lock import LANES
 from scripts.state_layout import (
     HOLD,
     configuration_path,
+    empty_listing_path,
     hold_path,
     night_directory,
     unreachable_path,
@@ -280,7 +281,34 @@ def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> 
             "check the host, the network and the ssh keys; transfers resume by themselves",
             str(unreachable_path(state)), subject_item=printable(host)))
     lock = checksum_lock_problem(config)
-    return [*out, *([] if lock is None else [lock]), *lane_problems(config)]
+    return [*out, *empty_listings(config), *([] if lock is None else [lock]),
+            *lane_problems(config)]
+
+
+def empty_listings(config: dict) -> list[Problem]:
+    """The streams that listed exposures before and found no link at all for
+    ``alerts.unreachable_runs`` runs in a row (the original's "No links found, check
+    connection.")."""
+    streams, alerts = config.get("streams"), config.get("alerts")
+    if not (isinstance(streams, dict) and isinstance(alerts, dict)):
+        return []
+    out = []
+    for stream in streams:
+        path = empty_listing_path(config["state"], stream)
+        record = read_record(path) or {}
+        runs = record.get("runs", 0)
+        if not (isinstance(runs, int) and runs >= alerts.get("unreachable_runs", 3)):
+            continue
+        source = str(record.get("source") or (streams[stream] or {}).get("source", "?"))
+        host = str(config.get("remote", {}).get("host", "?"))
+        out.append(Problem(
+            stream, "", None, "listing",
+            printable(f"no links found at {source}, check the connection ({runs}"
+                      " consecutive runs, after listings that found some)"),
+            runs, printable(str(record.get("since", ""))),
+            "check the mountain host, its disk and the stream's source; transfers resume"
+            " by themselves", printable(str(path)), subject_item=printable(f"{host}:{source}")))
+    return out
 
 
 def checksum_lock_problem(config: dict) -> Problem | None:
