@@ -471,3 +471,15 @@ def test_only_a_drain_run_with_a_recent_page_leaves_the_rebuild_to_the_next_run(
     assert rebuild_can_wait(config, draining=True, now=written + 1)
     assert not rebuild_can_wait(config, draining=False, now=written + 1)
     assert not rebuild_can_wait(config, draining=True, now=written + DRAIN_REBUILD_SECONDS)
+
+
+def test_empty_listings_are_counted_only_after_a_listing_that_found_links():
+    from scripts.status.run_records import next_empty_count
+
+    fresh = next_empty_count({}, 0, "t0")
+    assert fresh["runs"] == 0 and not fresh["listed"]  # a new stream may list nothing yet
+    seen = next_empty_count(fresh, 3, "t1")
+    first = next_empty_count(seen, 0, "t2")
+    second = next_empty_count(first, 0, "t3")
+    assert (first["runs"], second["runs"], second["since"]) == (1, 2, "t2")
+    assert next_empty_count(second, 1, "t4")["runs"] == 0
