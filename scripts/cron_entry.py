@@ -42,7 +42,12 @@ from scripts.configuration import ConfigurationError, get_now, load_yaml, with_d
 from scripts.joblog import file_handler
 from scripts.status.problems import all_problems, lane_problems, run_problems
 from scripts.status.report import page_shows, rebuild_after_run
-from scripts.status.run_records import count_unreachable, listing_failures, record_configuration
+from scripts.status.run_records import (
+    count_empty_listings,
+    count_unreachable,
+    listing_failures,
+    record_configuration,
+)
 from scripts.job_watchdog import Watchdog
 from scripts.lanes import (
     ENV_LANE,
@@ -102,6 +107,8 @@ def alert(config: dict, config_file: Path, state: Path, run_start: float,
         # A refused configuration lists nothing: the unreachable count stays as it was.
         count_unreachable(state, None if refused else
                           listing_failures(state, streams, since=run_start))
+        if not refused:
+            count_empty_listings(state, streams, since=run_start)
         if refused:  # Snakemake stopped before it could rebuild the page: show it there
             log.info(rebuild_after_run(config))
         problems = current_problems(config, refused)

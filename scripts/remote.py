@@ -35,7 +35,7 @@ LOCK_LINE = "CHECKSUM-LOCK-PRESENT"
 #: The lock record's stamps: the mountain's clock now, and the lock's mtime.
 LOCK_RE = re.compile(r"([0-9]+) (-?[0-9]+(?:\.[0-9]*)?)")
 #: Bumped when the cached form of a listing changes: an older cache is a cache miss.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 LOCAL = "local"
 
 
@@ -55,6 +55,9 @@ class Listing:
     lock_age: float | None = None
     #: "NIGHT/EXPID" -> when the link appeared at the mountain (epoch seconds, its mtime)
     published: dict[str, float] = field(default_factory=dict)
+    #: Every link found, in the window or not, well-formed or not: none at all, after
+    #: a listing that found some, is the original's "No links found, check connection."
+    links: int = 0
 
     def nights(self) -> list[str]:
         return sorted({night for night, _ in self.exposures})
@@ -187,6 +190,7 @@ def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
             listing.locked = True
             listing.lock_age = lock_age(record)
             continue
+        listing.links += 1
         link = parse_record(record, prefix)
         if isinstance(link, str):
             listing.malformed.append(printable_path(link))
@@ -198,6 +202,7 @@ def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
         # find ends every record with NUL: an unterminated tail is a truncated record
         # or output of the older newline format, and nothing in it is trusted.
         listing.malformed.append(printable_path(tail))
+        listing.links += 1
     listing.exposures = sorted(exposures)
     return listing
 
@@ -298,6 +303,7 @@ def _read_cache(path: Path, key: dict, max_age: float) -> Listing | None:
             locked=bool(data["locked"]),
             lock_age=None if data["lock_age"] is None else float(data["lock_age"]),
             published={str(k): float(v) for k, v in data["published"].items()},
+            links=int(data["links"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
