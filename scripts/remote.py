@@ -369,6 +369,16 @@ def _read_cache(path: Path, key: dict, max_age: float) -> Listing | None:
     return listing
 
 
+def cached_exposures(path: Path) -> set[tuple[str, str]]:
+    """The (night, expid) of the last listing kept at `path`, however old; an absent
+    or unreadable cache knows none."""
+    try:
+        data = json.loads(path.read_text())
+        return {(str(night), str(expid)) for night, expid in data["exposures"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def source_spec(remote: dict, path: str) -> str:
     """How rsync names a path on the mountain."""
     return path if remote["host"] == LOCAL else f"{remote['host']}:{path}"

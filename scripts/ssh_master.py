@@ -197,16 +197,19 @@ class shared_connection:  # noqa: N801 (used as a context manager, like open)
         self.connection: SharedConnection | None = None
 
     def __enter__(self) -> SharedConnection | None:
-        remote, state = self.config["remote"], self.config["state"]
-        if remote.get("host") in (None, LOCAL):
+        remote, state = self.config.get("remote") or {}, self.config.get("state")
+        if remote.get("host") in (None, LOCAL) or not state:
             return None
-        control = ssh_control_path(state, control_key(remote, self.lane))
+        try:
+            control = ssh_control_path(state, control_key(remote, self.lane))
+            ready = min(30.0, float(remote["timeout"]))
+        except (KeyError, TypeError, ValueError):  # refused by the run itself, in one line
+            return None
         refused = sharing_refused(control) or private_directory(state)
         if refused:
             log.error("ssh connections are not shared: %s", refused)
             return None
-        self.connection = SharedConnection(remote, control,
-                                           ready_timeout=min(30.0, remote["timeout"]))
+        self.connection = SharedConnection(remote, control, ready_timeout=ready)
         self.connection.start()
         os.environ[ENV_CONTROL] = self.connection.control
         return self.connection
