@@ -43,6 +43,8 @@ LOCAL = "local"
 #: The control socket of the lane run's shared ssh connection (scripts/ssh_master.py),
 #: set by the cron entry for the runs it starts: every ssh of the run goes through it.
 ENV_CONTROL = "DESITRANSFER_SSH_CONTROL"
+#: Seconds a command cut off by a dying master waits for its replacement.
+REPLACEMENT_WAIT = 5.0
 
 
 class RemoteError(Exception):
@@ -128,6 +130,11 @@ def run_remote(command: Sequence[str], timeout: float, **kwargs) -> CommandResul
     if not result.ok and broken_under(result, before, master_identity(control)):
         log.warning("the shared ssh connection ended under %s (%s); running it again",
                     os.path.basename(command[0]), result.describe())
+        # The cron entry opens a new master at once: the command goes through it when
+        # it is up soon, on a connection of its own otherwise.
+        deadline = time.monotonic() + REPLACEMENT_WAIT
+        while master_identity(control) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         result = run(command, timeout=timeout, **kwargs)
     return result
 

@@ -173,7 +173,7 @@ def sshd(tmp_path_factory) -> dict:
     require_tool("ssh")
     server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
     try:
-        yield {**server.remote, "port": server.port}
+        yield {**server.remote, "port": server.port, "log": str(server.log)}
     finally:
         server.stop()
 
