@@ -295,7 +295,8 @@ def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: li
                      lock_path(state, lane), lane)
             note_busy(state, lane)
             continue
-        with lock, shared_connection(config or {}, lane):
+        # A preview (-n handed to Snakemake) writes nothing, not even a socket.
+        with lock, shared_connection({} if preview_kind(command) else config or {}, lane):
             if lane == "exposures":
                 runs, run_id, exposures_started = drain_exposures(
                     state, lock, command, kill_file, given, invocation)

@@ -145,3 +145,12 @@ def test_only_a_failure_under_a_replaced_master_is_run_again():
     timed_out = CommandResult(("rsync",), None, "", "", 9.0, timed_out=True)
     assert not broken_under(timed_out, (1, 10), None)
     assert not broken_under(CommandResult(("ssh",), 0, "", "", 0.1), (1, 10), None)
+
+
+def test_a_preview_opens_no_shared_connection(site, sshd):
+    over_ssh(site, sshd)
+    site.exposure("00006300")
+    result = cron(site, "--lane", "exposures", "-n")
+    assert result.returncode == 0, result.stderr
+    assert not (site.state / ".ssh").exists()
+    assert not site.marker(NIGHT, "00006300", "installed").exists()
