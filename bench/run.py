@@ -118,7 +118,7 @@ class Cases:
 
 
 def run_all(opts) -> Cases:
-    from bench import audit, endtoend, freshness, scale, verification
+    from bench import audit, endtoend, freshness, scale, sharing, verification
 
     cases = Cases(opts)
     scale_opts = argparse.Namespace(**vars(opts))
@@ -141,6 +141,9 @@ def run_all(opts) -> Cases:
     cases.case(4, "end to end, and orchestration overhead", lambda: endtoend.run(opts))
     if not opts.keep:
         endtoend.clean()
+    cases.case(4, "one shared ssh connection per run against one per command",
+               lambda: sharing.run(opts))
+    sharing.clean()
     cases.case(5, "freshness: publication to installed under a backup and a backlog",
                lambda: freshness.run(opts))
     freshness.clean()

@@ -33,6 +33,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import NoReturn
 
+#: When this invocation started (cron started it a moment before): the watch's clock.
+STARTED = time.monotonic()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -58,8 +60,11 @@ from scripts.lanes import (
     note_busy,
 )
 from scripts.markers import read_record
+from scripts.preview import preview_kind
 from scripts.run_lock import ENV_FD, LANES, RunLockRefused, lock_path, try_lock
+from scripts.ssh_master import shared_connection
 from scripts.state_layout import logs_directory
+from scripts.watch import last_listed, tonight_lister, watch, watch_settings
 
 log = logging.getLogger("desitransfer.cron")
 #: Snakemake's own run logs kept in .snakemake/log.
@@ -243,8 +248,39 @@ def drain_exposures(state: Path, lock, command: list[str], kill_file: Path, give
     return results, run_id, started
 
 
+def watch_tonight(config: dict, lock, command: list[str], kill_file: Path, invocation: str,
+                  results: list[subprocess.CompletedProcess]) -> tuple[str, float] | None:
+    """After the exposure lane's work, watch tonight until shortly before the next
+    cron start (scripts/watch.py), running the lane for what appears; the runs go
+    into `results`. Not in a preview, nor after a failed run.
+
+    Returns the last run's id and start, when the watch started a run.
+    """
+    settings = watch_settings(config)
+    if settings is None or preview_kind(command) or not results or results[-1].returncode:
+        return None
+    state = Path(config["state"])
+    last: list[tuple[str, float]] = []
+
+    def run() -> bool:
+        runs, run_id, started = drain_exposures(state, lock, command, kill_file, None,
+                                                f"{invocation}.w{len(last) + 1}")
+        results.extend(runs)
+        last.append((run_id, started))
+        return all(result.returncode == 0 for result in runs)
+
+    cron_interval, poll_interval = settings
+    log.info("watching tonight every %g s until the next cron start", poll_interval)
+    watched = watch(started=STARTED, cron_interval=cron_interval,
+                    poll_interval=poll_interval, kill_file=kill_file,
+                    list_tonight=tonight_lister(config), known=last_listed(config), run=run)
+    log.info("stopped watching (%s) after %d run(s)", watched.reason, watched.runs)
+    return last[-1] if last else None
+
+
 def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: list[str],
-              kill_file: Path, invocation: str) -> list[subprocess.CompletedProcess]:
+              kill_file: Path, invocation: str,
+              config: dict | None = None) -> list[subprocess.CompletedProcess]:
     """Run each of `lanes` whose lock is free, in order; the results of its Snakemake runs.
 
     A run id per Snakemake run: a run plans from a listing made after it started. The
@@ -256,6 +292,9 @@ def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: li
     results: list[subprocess.CompletedProcess] = []
     exposures_started = None  # when this invocation's last exposure-lane run started
     for lane in lanes:
+        if results and kill_file.exists():
+            log.info("%s detected, the %s lane does not run.", kill_file, lane)
+            break
         try:
             lock = try_lock(state, lane)
         except RunLockRefused as err:  # cron mails it; the lane's stall is alerted too
@@ -267,11 +306,15 @@ def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: li
                      lock_path(state, lane), lane)
             note_busy(state, lane)
             continue
-        with lock:
+        # A preview (-n handed to Snakemake) writes nothing, not even a socket.
+        with lock, shared_connection({} if preview_kind(command) else config or {}, lane):
             if lane == "exposures":
                 runs, run_id, exposures_started = drain_exposures(
                     state, lock, command, kill_file, given, invocation)
                 results += runs
+                if config is not None and given is None:
+                    last = watch_tonight(config, lock, command, kill_file, invocation, results)
+                    run_id, exposures_started = last or (run_id, exposures_started)
             elif exposures_started is not None and len(listing_failures(
                     state, streams, since=exposures_started)) == len(streams):
                 log.info("no stream could be listed: the nights lane waits for the next run.")
@@ -347,7 +390,8 @@ def main(argv: list[str]) -> int:
     run_start = time.time()
     start = time.monotonic()
     results = run_lanes(state, list(config.get("streams") or {}),
-                        [only_lane] if only_lane else LANES, command, kill_file, invocation)
+                        [only_lane] if only_lane else LANES, command, kill_file, invocation,
+                        config)
     if not results:
         # Every lane busy: nothing new, unless a lane has been busy for too long (a
         # hung run, a lock held by someone else): that must not go unnoticed.

@@ -14,6 +14,8 @@
     STATE/.listing/STREAM.unlisted        the target of a stream's listing failure
     STATE/.listing/STREAM.empty           runs in a row that found no link at all
     STATE/.lanes/LANE.lock, LANE.json     a lane's lock and its activity record
+    STATE/.ssh/KEY                        a lane run's shared ssh connection (the control
+                                          socket; the directory is private, 0700)
     STATE/.alerts/sent.json, unreachable.json
                                           what was mailed; unreachable runs counted
     STATE/.config/config-DIGEST.json      the configuration a job reads
@@ -116,6 +118,21 @@ def listing_log_path(state: str | os.PathLike, stream: str) -> str:
 def lock_path(state: str | os.PathLike, lane: str) -> Path:
     """The lock file of `lane`."""
     return Path(state) / LANE_DIRECTORY / f"{lane}.lock"
+
+
+#: The shared ssh connections' control sockets.
+SSH_DIRECTORY = ".ssh"
+
+
+def ssh_directory(state: str | os.PathLike) -> Path:
+    """The private directory (0700) of the lanes' shared ssh connections."""
+    return Path(state) / SSH_DIRECTORY
+
+
+def ssh_control_path(state: str | os.PathLike, key: str) -> Path:
+    """The control socket of a shared ssh connection; `key` is a short name (a unix
+    socket's path is limited to 107 bytes, and ssh binds a longer temporary one first)."""
+    return ssh_directory(state) / key
 
 
 def activity_path(state: str | os.PathLike, lane: str) -> Path:

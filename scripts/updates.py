@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 
 from scripts.archive import identity, replace
-from scripts.commands import run
 from scripts.configuration import Stream
 from scripts.copies import fetch, staging_role, tree_size, verify_with_retries
 from scripts.links import LinkCheckError, UnreadableExposureError, UnsafeLinkError
@@ -33,6 +32,7 @@ from scripts.markers import (
     write_marker,
 )
 from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove, remove_pinned
+from scripts.remote import run_remote
 from scripts.rsync import changed_exposures, changed_files, rsync_command
 from scripts.state_layout import night_directory
 from scripts.targets import scan_night
@@ -218,10 +218,10 @@ def catch_up_night(config: dict, stream: Stream, night: str, threads: int = 2) -
     # Only the installed exposures that are not held: a held one (links that lead
     # outside, a loop, an unreadable directory) is out of its night, and the dry run
     # (which follows the night's published links) must never follow its links.
-    dry = run(rsync_command(remote, f"{stream.source.rstrip('/')}/{night}", str(night_dir),
-                            dry_run=True, itemize=True, exposures=exposures,
-                            follow_dirlinks=True),
-              timeout=remote["transfer_timeout"])
+    dry = run_remote(rsync_command(remote, f"{stream.source.rstrip('/')}/{night}",
+                                   str(night_dir), dry_run=True, itemize=True,
+                                   exposures=exposures, follow_dirlinks=True),
+                     timeout=remote["transfer_timeout"])
     if not dry.ok and dry.returncode == 23 and "change_dir" in dry.stderr \
             and "No such file or directory" in dry.stderr:
         # The night's links left the mountain after installation: nothing can arrive late.
