@@ -63,8 +63,8 @@ def job_of(argv: tuple[str, ...]) -> tuple[str, str, float] | None:
     """(rule, marker, limit) of a job's command line (``python -m scripts.MODULE ...
     --rule R --output M --time-limit N``); None for anything else (a shell running it
     holds the command in one argument, and so is not a job)."""
-    if "-m" not in argv or not argv[argv.index("-m") + 1:][:1] or not argv[
-            argv.index("-m") + 1].startswith("scripts."):
+    module = argv[argv.index("-m") + 1:][:1] if "-m" in argv else ()
+    if not module or not module[0].startswith("scripts."):
         return None
     options = {}
     for name in ("--rule", "--output", "--time-limit"):
