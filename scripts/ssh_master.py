@@ -17,8 +17,11 @@ an exposure's failure.
 Its control socket lives in ``STATE/.ssh`` (scripts/state_layout.py), a directory
 private to the workflow's user (0700): whoever can open the socket can run commands
 at the mountain as that user. The socket's name is a short digest, since a unix
-socket's path is limited to 107 bytes (and ssh first binds a name 17 bytes longer);
-a state directory too deep for that, or an unsafe ``.ssh`` directory, runs without
+socket's path is limited to 107 bytes (and ssh first binds a name 17 bytes longer).
+A state directory too deep for that (a site's project paths, or pytest's) puts the
+socket in a fresh private directory of the temporary directory instead
+(``tempfile.mkdtemp``: made 0700 by this run, never an existing one), removed when the
+run ends. An unsafe ``.ssh`` directory, or no short enough place at all, runs without
 sharing, as before, with one line in the log saying why.
 """
 
@@ -28,8 +31,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,10 +60,15 @@ def control_key(remote: dict, lane: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
+def too_long(control: Path) -> bool:
+    """Whether a unix socket cannot be bound at `control`."""
+    return len(os.fsencode(control)) > SOCKET_PATH_MAX
+
+
 def sharing_refused(control: Path) -> str | None:
     """Why ssh cannot share a connection through `control` (one line), or None."""
     text = os.fsencode(control)
-    if len(text) > SOCKET_PATH_MAX:
+    if too_long(control):
         return (f"{control} is {len(text)} bytes, longer than a unix socket's path may"
                 f" be ({SOCKET_PATH_MAX}); use a shorter state directory")
     if not set(str(control)) <= _PLAIN:
@@ -87,12 +97,56 @@ def private_directory(state: str | os.PathLike) -> str | None:
     return None
 
 
+#: The private directories of sockets that cannot live in STATE/.ssh.
+SCRATCH_PREFIX = "desitransfer-ssh-"
+#: A run's private socket directory left behind (the run was SIGKILLed) is removed
+#: by a later run once it is this old and serves no master.
+SCRATCH_STALE = 86400
+
+
+def sweep_scratch(now: float) -> None:
+    """Remove this user's socket directories that killed runs left in TMPDIR."""
+    base = Path(tempfile.gettempdir())
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        where = base / name
+        try:
+            info = os.lstat(where)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or \
+                    now - info.st_mtime < SCRATCH_STALE or \
+                    any(master_identity(str(s)) is not None for s in where.iterdir()):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def short_control_path(key: str) -> tuple[Path, Path] | None:
+    """A control socket in a fresh private directory of the temporary directory, for a
+    state directory too deep to hold one: (socket, its directory), or None."""
+    sweep_scratch(time.time())
+    try:
+        where = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))  # 0700, new
+    except OSError:
+        return None
+    control = where / key
+    if sharing_refused(control):
+        where.rmdir()
+        return None
+    return control, where
+
+
 class SharedConnection:
     """The master connection of one lane's run, and the thread that replaces it."""
 
-    def __init__(self, remote: dict, control: Path, ready_timeout: float):
+    def __init__(self, remote: dict, control: Path, ready_timeout: float,
+                 scratch: Path | None = None):
         self.remote = remote
         self.control = str(control)
+        self.scratch = scratch  # a private directory of this run's own, removed at close
         self.ready_timeout = ready_timeout
         self.opened = 0  # masters started, for the log
         self._stop = threading.Event()
@@ -182,6 +236,8 @@ class SharedConnection:
                 process.kill()
         self._thread.join(timeout=15)
         self._remove_stale()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class shared_connection:  # noqa: N801 (used as a context manager, like open)
@@ -205,11 +261,15 @@ class shared_connection:  # noqa: N801 (used as a context manager, like open)
             ready = min(30.0, float(remote["timeout"]))
         except (KeyError, TypeError, ValueError):  # refused by the run itself, in one line
             return None
-        refused = sharing_refused(control) or private_directory(state)
+        scratch = None
+        if sharing_refused(control):
+            control, scratch = short_control_path(control.name) or (control, None)
+        refused = sharing_refused(control) or (scratch is None and private_directory(state))
         if refused:
             log.error("ssh connections are not shared: %s", refused)
             return None
-        self.connection = SharedConnection(remote, control, ready_timeout=ready)
+        self.connection = SharedConnection(remote, control, ready_timeout=ready,
+                                           scratch=scratch)
         self.connection.start()
         os.environ[ENV_CONTROL] = self.connection.control
         return self.connection

@@ -8,6 +8,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from test_cron_entry import CRON, cron, cron_log
 from test_job_limits import cmdline, wait_for
 
 from scripts.remote import CommandResult, broken_under
-from scripts.ssh_master import SOCKET_PATH_MAX, control_key, sharing_refused
+from scripts.ssh_master import (
+    SCRATCH_PREFIX,
+    SCRATCH_STALE,
+    SOCKET_PATH_MAX,
+    control_key,
+    sharing_refused,
+    sweep_scratch,
+)
 from scripts.state_layout import ssh_control_path
 
 
@@ -71,8 +79,36 @@ def test_a_run_opens_one_ssh_connection(site, sshd):
     for n in range(4):
         assert site.marker(NIGHT, f"0000600{n}", "installed").exists()
     private = site.state / ".ssh"
+    if not private.exists():  # pytest's own directory is too deep for a socket
+        assert sharing_refused(ssh_control_path(site.state, "x" * 12))
+        return
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
     assert list(private.iterdir()) == []  # closed with the run: no socket left
+
+
+def test_a_state_directory_too_deep_for_a_socket_still_shares_one_connection(site, sshd):
+    """At a site whose state directory is deep (a project path), the socket goes to a
+    fresh private directory of TMPDIR, removed with the run."""
+    over_ssh(site, sshd)
+    site.state = site.root / ("deep-" * 20) / "state"
+    site.config["state"] = str(site.state)
+    assert sharing_refused(ssh_control_path(site.state, "x" * 12))
+    tmp = Path(tempfile.mkdtemp(prefix="dt", dir="/tmp"))
+    site.env["TMPDIR"] = str(tmp)
+    try:
+        for n in range(2):
+            site.exposure(f"0000640{n}")
+        before = connections(sshd)
+        result = cron(site, "--lane", "exposures")
+        assert result.returncode == 0, result.stderr
+        assert connections(sshd) - before == 1
+        for n in range(2):
+            assert site.marker(NIGHT, f"0000640{n}", "installed").exists()
+        assert "not shared" not in cron_log(site)
+        assert not (site.state / ".ssh").exists()
+        assert list(tmp.iterdir()) == []  # its private directory went with the run
+    finally:
+        shutil.rmtree(tmp)
     assert "shared ssh connection is closed (1 opened)" in cron_log(site)
 
 
@@ -154,3 +190,17 @@ def test_a_preview_opens_no_shared_connection(site, sshd):
     assert result.returncode == 0, result.stderr
     assert not (site.state / ".ssh").exists()
     assert not site.marker(NIGHT, "00006300", "installed").exists()
+
+
+def test_socket_directories_of_killed_runs_are_swept_once_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old, fresh = tmp_path / f"{SCRATCH_PREFIX}old", tmp_path / f"{SCRATCH_PREFIX}fresh"
+    other = tmp_path / "someone-elses"
+    for where in (old, fresh, other):
+        where.mkdir()
+        (where / "0123456789ab").write_bytes(b"")
+    day_ago = time.time() - SCRATCH_STALE - 60
+    for where in (old, other):
+        os.utime(where, (day_ago, day_ago))
+    sweep_scratch(time.time())
+    assert not old.exists() and fresh.exists() and other.exists()
