@@ -104,6 +104,8 @@ class Plan:
     #: Streams that could not be listed: name -> one line.
     unlisted: Mapping[str, str] = field(default_factory=dict)
     locked: bool = False
+    #: Streams whose listing the plan is made from.
+    listed: tuple[str, ...] = ()
 
     @property
     def draining(self) -> bool:
@@ -189,11 +191,12 @@ def make_plan(config: dict, observation: Observation, lane: str | None,
     bounded = lane == "exposures" if bounded is None else bounded
     unlisted = {n: s.error or "not listed" for n, s in observation.streams.items()
                 if s.listing is None}
+    listed = tuple(n for n, s in observation.streams.items() if s.listing is not None)
     held = tuple(sorted((name, night, expid)
                         for name, seen in observation.streams.items()
                         for night, state in seen.nights.items() for expid in state.held))
     if observation.locked:
-        return Plan(lane, unlisted=unlisted, held=held, locked=True)
+        return Plan(lane, unlisted=unlisted, held=held, locked=True, listed=listed)
     exposures, pending = ((), 0)
     if lane != "nights":
         exposures, pending = exposure_work(config, observation, lane, bounded)
@@ -207,7 +210,7 @@ def make_plan(config: dict, observation: Observation, lane: str | None,
                     for s in stages if s.stage != CATCH_UP]
         stages = [s for s in stages if s.stage == CATCH_UP]
     return Plan(lane, exposures, pending, tuple(stages), tuple(deferred), tuple(waiting),
-                held, unlisted)
+                held, unlisted, listed=listed)
 
 
 def _exposures_by_night(exposures: tuple[tuple[str, str, str], ...]) -> list[str]:
