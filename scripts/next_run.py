@@ -22,7 +22,7 @@ from scripts.configuration import (
     get_streams,
 )
 from scripts.observe import observe, with_hpss
-from scripts.plan import Plan, describe, make_plan
+from scripts.plan import Plan, ScopeError, describe, get_scope, make_plan
 from scripts.remote import first_night
 
 
@@ -39,7 +39,8 @@ def checked(config: dict, config_file: Path) -> dict:
         raise ConfigurationError(problem)
     try:
         check_configuration(config)
-    except ConfigurationError as err:
+        get_scope(config)
+    except (ConfigurationError, ScopeError) as err:
         raise ConfigurationError(f"{config_file}: {err}") from None
     return config
 
@@ -90,9 +91,7 @@ def plan_run(config: dict, config_file: Path, lane: str, run_id: str) -> Plan:
 
 def show_plan(config: dict, config_file: Path, lanes: Sequence[str]) -> tuple[int, list[str]]:
     """The exit status and the lines to print (stdout) for ``--plan``."""
-    problem = describe_validation_error(config, [str(config_file)])
-    if problem is not None:
-        raise ConfigurationError(problem)
+    checked(config, config_file)
     state = Path(config["state"])
     if not state.is_dir():
         raise ConfigurationError(f"{config_file}: state {state} does not exist: nothing has"

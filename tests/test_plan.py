@@ -161,3 +161,36 @@ def test_describe_says_what_each_lane_does():
         f"  {S} 20261120: waiting for 1 exposure(s) to be installed",
         f"held: 1 exposure(s): {S} {NIGHT}/00000002",
     ]
+
+
+def test_a_scope_restricts_the_plan_to_one_night_or_one_exposure():
+    items = [("20261126", "00000001"), ("20261126", "00000002"), (NIGHT, "00000003"),
+             (NIGHT, "00000004")]
+    obs = observation(**{S: seen(items, installed=[(NIGHT, "00000004")],
+                                 held=[("20261126", "00000002")])})
+    night = make_plan(config(night=20261126), obs, None)  # --config gives a number
+    assert night.exposures == ((S, "20261126", "00000001"),) and night.pending == 1
+    assert night.held == ((S, "20261126", "00000002"),)
+    assert [(s.night, s.stage) for s in night.night_stages] == [
+        ("20261126", "caughtup"), ("20261126", "backedup")]
+    one = make_plan(config(exposure=f"{NIGHT}/00000003"), obs, None)
+    assert one.exposures == ((S, NIGHT, "00000003"),) and one.night_stages == ()
+    assert one.held == ()
+    # In the exposure lane the bound still holds; the scope narrows what it takes.
+    lane = make_plan(config(night=NIGHT, exposures_per_run=1), obs, "exposures")
+    assert lane.exposures == ((S, NIGHT, "00000003"),) and not lane.draining
+
+
+def test_a_scope_must_name_a_real_night_or_exposure():
+    import pytest
+
+    from scripts.plan import Scope, ScopeError, get_scope
+
+    assert get_scope({}) == Scope() and not get_scope({})
+    assert get_scope({"night": 20261127}) == Scope("20261127")
+    assert get_scope({"exposure": "20261127/00000003"}) == Scope("20261127", "00000003")
+    for bad in ({"night": "20261131"}, {"night": 2026113}, {"exposure": "20260230/00000001"},
+                {"exposure": "20261127/123"}, {"exposure": "20261127"},
+                {"night": "20261127", "exposure": "20261127/00000003"}):
+        with pytest.raises(ScopeError):
+            get_scope(bad)
