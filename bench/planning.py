@@ -138,7 +138,9 @@ def run(opts) -> tuple[list[Row], list[str]]:
             sample = measure(command, env=environ)
             row.walls.append(sample.wall)
             row.rss.append(sample.rss_mb)
-    for row in (pure, both, process):
+    # The target is on the planning itself: a run plans inside Snakemake's process,
+    # already started (its start-up is case 2's baseline); the fresh process is shown.
+    for row in (pure, both):
         row.target = "< 3 s"
         row.met = verdict(row.wall < 3)
     lane.ratio = f"{lane.wall / empty.wall:.2f}×"
