@@ -60,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smaller data (200 nights, 0.5 GB files, 60 exposures at most)")
-    parser.add_argument("--cases", default="1,2,3,4,5,6",
+    parser.add_argument("--cases", default="1,2,3,4,5,6,7",
                         help="comma-separated cases to run (default: all)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per measurement, median reported (default 3; cases 1 and"
@@ -118,7 +118,7 @@ class Cases:
 
 
 def run_all(opts) -> Cases:
-    from bench import audit, endtoend, freshness, scale, verification
+    from bench import audit, endtoend, freshness, planning, scale, sharing, verification
 
     cases = Cases(opts)
     scale_opts = argparse.Namespace(**vars(opts))
@@ -141,6 +141,9 @@ def run_all(opts) -> Cases:
     cases.case(4, "end to end, and orchestration overhead", lambda: endtoend.run(opts))
     if not opts.keep:
         endtoend.clean()
+    cases.case(4, "one shared ssh connection per run against one per command",
+               lambda: sharing.run(opts))
+    sharing.clean()
     cases.case(5, "freshness: publication to installed under a backup and a backlog",
                lambda: freshness.run(opts))
     freshness.clean()
@@ -148,6 +151,10 @@ def run_all(opts) -> Cases:
                lambda: audit.run(opts, opts.audit_size))
     if not opts.keep:
         audit.clean()
+    cases.case(7, "planning one bounded run over 3,000 pending exposures",
+               lambda: planning.run(opts))
+    if not opts.keep:
+        planning.clean()
     return cases
 
 

@@ -15,8 +15,8 @@ from scripts.status.report import rebuild_after_run, rebuild_can_wait
 # run in the middle of a backlog's drain leaves a recent page to the next run.
 onsuccess:
     if TARGETS and not rebuild_can_wait(config, draining=is_draining()):
-        logger.info(rebuild_after_run(config))
+        logger.info(rebuild_after_run(config, ending_run=RUN_ID))
 
 
 onerror:
-    logger.info(rebuild_after_run(config))
+    logger.info(rebuild_after_run(config, ending_run=RUN_ID))

@@ -241,16 +241,18 @@ def expand_paths(config: dict, environ=os.environ) -> dict:
     return config
 
 
-def read_configuration(path: str | os.PathLike) -> dict:
-    """The configuration file `path` as every tool reads it: YAML, the schema's defaults
-    filled in, path values expanded (`expand_paths`); not validated.
+def read_configuration(path: str | os.PathLike, amend=None) -> dict:
+    """The configuration file `path` as every tool reads it: YAML (changed by `amend`,
+    as a run's ``--config`` entries change it), the schema's defaults filled in, path
+    values expanded (`expand_paths`); not validated.
 
     Raises
     ------
     ConfigurationError
         One line naming the file (and the key, the variable).
     """
-    config = with_defaults(load_yaml(path))
+    loaded = load_yaml(path)
+    config = with_defaults(amend(loaded) if amend else loaded)
     try:
         return expand_paths(config)
     except ConfigurationError as err:

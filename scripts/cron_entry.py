@@ -37,6 +37,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import NoReturn
 
+#: When this invocation started (cron started it a moment before): the watch's clock.
+STARTED = time.monotonic()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -53,18 +55,21 @@ from scripts.configuration import (
 from scripts.joblog import file_handler
 from scripts.status.problems import all_problems, lane_problems, run_problems
 from scripts.status.report import page_shows, rebuild_after_run
-from scripts.status.run_records import count_unreachable, listing_failures, record_configuration
-from scripts.lanes import (
-    ENV_LANE,
-    ENV_RUN,
-    activity_path,
-    finish_activity,
-    new_run_id,
-    note_busy,
+from scripts.status.run_records import (
+    count_empty_listings,
+    count_unreachable,
+    listing_failures,
+    record_configuration,
 )
+from scripts.job_watchdog import Watchdog
+from scripts.lanes import ENV_LANE, ENV_RUN, finish_activity, new_run_id, note_busy
 from scripts.markers import read_record, write_json_atomic
+from scripts.plan import Plan
+from scripts.preview import preview_kind
 from scripts.run_lock import ENV_FD, LANES, RunLockRefused, lock_path, try_lock
+from scripts.ssh_master import shared_connection
 from scripts.state_layout import logs_directory, reported_path
+from scripts.watch import last_listed, tonight_lister, watch, watch_settings
 
 log = logging.getLogger("desitransfer.cron")
 #: Snakemake's own run logs kept in .snakemake/log.
@@ -115,6 +120,8 @@ def alert(config: dict, config_file: Path, state: Path, run_start: float,
         # A refused configuration lists nothing: the unreachable count stays as it was.
         count_unreachable(state, None if refused else
                           listing_failures(state, streams, since=run_start))
+        if not refused:
+            count_empty_listings(state, streams, since=run_start)
         if refused:  # Snakemake stopped before it could rebuild the page: show it there
             log.info(rebuild_after_run(config))
         problems = current_problems(config, refused)
@@ -196,6 +203,35 @@ def relayed_level(line: str, previous: int) -> int:
     return previous if line.startswith((" ", "\t")) else logging.INFO
 
 
+def with_overrides(config: dict, extra: list[str]) -> dict:
+    """`config` with the ``--config KEY=VALUE ...`` among Snakemake's arguments applied
+    as Snakemake applies them: the entry plans from the configuration its runs use.
+
+    Raises
+    ------
+    ValueError
+        An entry Snakemake refuses too (one line).
+    """
+    entries, taking = [], False
+    for arg in extra:
+        if arg in ("--config", "-C"):
+            taking = True
+        elif arg.startswith("--config="):
+            entries.append(arg.split("=", 1)[1])
+            taking = True
+        elif taking and not arg.startswith("-"):
+            entries.append(arg)
+        else:
+            taking = False
+    if not entries:
+        return config
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    update_config(config, parse_config(entries))
+    return config
+
+
 def run_lane(state: Path, lane: str, lock, run_id: str,
              command: list[str]) -> subprocess.CompletedProcess:
     """One Snakemake run (`command`) of `lane`, holding its lock (handed down as `lock`),
@@ -203,10 +239,13 @@ def run_lane(state: Path, lane: str, lock, run_id: str,
     log.info("starting (desitransfer-workflow %s) the %s lane, run %s: %s", __version__, lane,
              run_id, " ".join(command))
     start = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            pass_fds=(lock.fileno(),),
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, pass_fds=(lock.fileno(),),
                             env={**os.environ, ENV_FD: str(lock.fileno()), ENV_LANE: lane,
                                  ENV_RUN: run_id})
+    with Watchdog(proc.pid):  # a job that cannot end itself is ended from here
+        out, err = proc.communicate()
+    result = subprocess.CompletedProcess(command, proc.returncode, out, err)
     level = logging.INFO
     for line in (result.stdout + result.stderr).splitlines():
         if line.strip():
@@ -218,14 +257,38 @@ def run_lane(state: Path, lane: str, lock, run_id: str,
     return result
 
 
-def more_pending(state: Path, run_id: str, result: subprocess.CompletedProcess) -> bool:
-    """Whether an exposure-lane run succeeded and left listed exposures unplanned (its
-    bound, `exposures_per_run`): then the lane runs again at once."""
-    record = read_record(activity_path(state, "exposures")) or {}
-    if result.returncode != 0 or record.get("run") != run_id:
-        return False
-    planned, pending = record.get("exposures"), record.get("pending")
-    return isinstance(planned, int) and isinstance(pending, int) and 0 < planned < pending
+def lane_plan(config: dict, config_file: Path, lane: str, run_id: str) -> Plan | None:
+    """What the run `run_id` of `lane` does: the same observation (scripts/observe.py)
+    and the same pure plan (scripts/plan.py) the run's own parse makes.
+
+    The observation is the run's: its listing is cached for `run_id`, so the run's
+    parse plans from that very listing (one listing a run, ``remote.listing_cache``
+    permitting), and its lock is held, so no other run changes the exposure markers
+    in between. None when the configuration cannot be planned from: the run itself
+    then says why, in one line.
+    """
+    from scripts.next_run import plan_run
+
+    try:
+        return plan_run(config, config_file, lane, run_id)
+    except ConfigurationError:
+        return None
+
+
+def unlisted_run(state: Path, lane: str, run_id: str, plan: Plan) -> subprocess.CompletedProcess:
+    """A run whose plan could list no stream: it does not start Snakemake (whose parse
+    would list again and stop with the same lines); it ends as a failed run."""
+    lines = list(plan.unlisted.values())
+    for line in lines:
+        log.info("| %s", line)
+    log.info("the %s lane's run %s does not start: no stream could be listed", lane, run_id)
+    finish_activity(state, [lane], run_id, 1)
+    return subprocess.CompletedProcess([], 1, "", "".join(f"{line}\n" for line in lines))
+
+
+def nothing_listed(plan: Plan | None) -> bool:
+    """Whether `plan` could list none of its streams (and has streams to list)."""
+    return plan is not None and bool(plan.unlisted) and not plan.listed
 
 
 def snakemake_command(config_file: Path, extra: list[str], debug: bool) -> list[str]:
@@ -236,42 +299,83 @@ def snakemake_command(config_file: Path, extra: list[str], debug: bool) -> list[
             "--configfile", str(config_file)]
 
 
-def drain_exposures(state: Path, lock, command: list[str], kill_file: Path, given: str | None,
-                    invocation: str) -> tuple[list[subprocess.CompletedProcess], str, float]:
-    """Run the exposure lane until no listed exposure is left unplanned (at most
-    `MAX_ROUNDS` runs), each run with its own run id, and so its own listing, unless
-    the caller handed one id down (`given`).
+def drain_exposures(state: Path, config: dict, config_file: Path, lock, command: list[str],
+                    kill_file: Path, given: str | None, invocation: str
+                    ) -> tuple[list[subprocess.CompletedProcess], Plan | None]:
+    """Run the exposure lane while its plan leaves listed exposures for the next run
+    (`Plan.draining`; at most `MAX_ROUNDS` runs), each run with its own run id, and so
+    its own listing, unless the caller handed one id down (`given`).
 
-    Returns the runs' results, the last run's id and when the last run started.
+    Returns the runs' results and the last run's plan (None: not planned here).
     """
     results = []
     for round_ in range(1, MAX_ROUNDS + 1):
         run_id = given or f"{invocation}.{round_}"
-        started = time.time()
+        plan = lane_plan(config, config_file, "exposures", run_id)
+        if nothing_listed(plan):
+            results.append(unlisted_run(state, "exposures", run_id, plan))
+            break
         result = run_lane(state, "exposures", lock, run_id, command)
         results.append(result)
-        if not more_pending(state, run_id, result):
+        if result.returncode != 0 or plan is None or not plan.draining:
             break
         if kill_file.exists():
             log.info("%s detected, no further run.", kill_file)
             break
         log.info("more exposures are pending: the exposures lane runs again.")
-    return results, run_id, started
+    return results, plan
 
 
-def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: list[str],
-              kill_file: Path, invocation: str) -> list[subprocess.CompletedProcess]:
+def watch_tonight(config: dict, config_file: Path, lock, command: list[str], kill_file: Path,
+                  invocation: str, results: list[subprocess.CompletedProcess]
+                  ) -> tuple[str, Plan | None] | None:
+    """After the exposure lane's work, watch tonight until shortly before the next
+    cron start (scripts/watch.py), running the lane for what appears; the runs go
+    into `results`. Not in a preview, nor after a failed run.
+
+    Returns the last run's id and plan, when the watch started a run.
+    """
+    settings = watch_settings(config)
+    if settings is None or preview_kind(command) or not results or results[-1].returncode:
+        return None
+    state = Path(config["state"])
+    last: list[tuple[str, Plan | None]] = []
+
+    def run() -> bool:
+        tag = f"{invocation}.w{len(last) + 1}"
+        runs, plan = drain_exposures(state, config, config_file, lock, command, kill_file,
+                                     None, tag)
+        results.extend(runs)
+        last.append((f"{tag}.{len(runs)}", plan))
+        return all(result.returncode == 0 for result in runs)
+
+    cron_interval, poll_interval = settings
+    log.info("watching tonight every %g s until the next cron start", poll_interval)
+    watched = watch(started=STARTED, cron_interval=cron_interval,
+                    poll_interval=poll_interval, kill_file=kill_file,
+                    list_tonight=tonight_lister(config), known=last_listed(config), run=run)
+    log.info("stopped watching (%s) after %d run(s)", watched.reason, watched.runs)
+    return last[-1] if last else None
+
+
+def run_lanes(state: Path, config: dict, config_file: Path, lanes: Sequence[str],
+              command: list[str], kill_file: Path, invocation: str
+              ) -> list[subprocess.CompletedProcess]:
     """Run each of `lanes` whose lock is free, in order; the results of its Snakemake runs.
 
     A run id per Snakemake run: a run plans from a listing made after it started. The
-    night lane shares the last exposure run's id (and so its listing, if recent). A
-    caller may hand one id down for all (a wrapper, a test): then they share it.
+    night lane shares the last exposure run's id (and so its listing, if recent), and
+    waits when that run's plan could list no stream. A caller may hand one id down for
+    all (a wrapper, a test): then they share it.
     """
     given = os.environ.get(ENV_RUN)
     run_id = given or f"{invocation}.0"
     results: list[subprocess.CompletedProcess] = []
-    exposures_started = None  # when this invocation's last exposure-lane run started
+    exposure_plan = None  # the plan of this invocation's last exposure-lane run
     for lane in lanes:
+        if results and kill_file.exists():
+            log.info("%s detected, the %s lane does not run.", kill_file, lane)
+            break
         try:
             lock = try_lock(state, lane)
         except RunLockRefused as err:  # cron mails it; the lane's stall is alerted too
@@ -283,13 +387,18 @@ def run_lanes(state: Path, streams: list[str], lanes: Sequence[str], command: li
                      lock_path(state, lane), lane)
             note_busy(state, lane)
             continue
-        with lock:
+        # A preview (-n handed to Snakemake) writes nothing, not even a socket.
+        with lock, shared_connection({} if preview_kind(command) else config, lane):
             if lane == "exposures":
-                runs, run_id, exposures_started = drain_exposures(
-                    state, lock, command, kill_file, given, invocation)
+                runs, exposure_plan = drain_exposures(state, config, config_file, lock,
+                                                      command, kill_file, given, invocation)
+                run_id = given or f"{invocation}.{len(runs)}"
                 results += runs
-            elif exposures_started is not None and len(listing_failures(
-                    state, streams, since=exposures_started)) == len(streams):
+                if given is None:
+                    last = watch_tonight(config, config_file, lock, command, kill_file,
+                                         invocation, results)
+                    run_id, exposure_plan = last or (run_id, exposure_plan)
+            elif nothing_listed(exposure_plan):
                 log.info("no stream could be listed: the nights lane waits for the next run.")
             else:
                 results.append(run_lane(state, lane, lock, run_id, command))
@@ -382,8 +491,8 @@ def main(argv: list[str]) -> int:
     if options.plan:
         announce_configuration([config_file], options.origin)
     try:
-        config = read_configuration(config_file)
-    except ConfigurationError as err:
+        config = read_configuration(config_file, lambda loaded: with_overrides(loaded, extra))
+    except (ConfigurationError, ValueError) as err:
         print(f"desitransfer: {err}", file=sys.stderr)
         return 2
     if options.plan:
@@ -400,8 +509,8 @@ def main(argv: list[str]) -> int:
     invocation = new_run_id()
     run_start = time.time()
     start = time.monotonic()
-    results = run_lanes(state, list(config.get("streams") or {}),
-                        [only_lane] if only_lane else LANES, command, kill_file, invocation)
+    results = run_lanes(state, config, config_file, [only_lane] if only_lane else LANES,
+                        command, kill_file, invocation)
     if not results:
         # Every lane busy: nothing new, unless a lane has been busy for too long (a
         # hung run, a lock held by someone else): that must not go unnoticed.

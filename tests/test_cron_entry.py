@@ -303,3 +303,30 @@ def test_a_stale_checksum_lock_is_shown_and_mailed_once_and_still_holds_work_bac
     assert cron(site).returncode == 0
     assert len(mailbox.messages) == 2 and not site.installed(NIGHT, "00004091").exists()
     assert "checksum lock" not in status_command(site, "--failures").stdout
+
+
+def test_a_stream_that_lists_no_links_any_more_says_so_once(site, mailbox):
+    """The original's "No links found, check connection.": a stream that found links
+    before and none at all for alerts.unreachable_runs runs is a problem, mailed once,
+    on the page and in --failures; links found again resolve it."""
+    with_alerts(site, mailbox, unreachable_runs=2)
+    site.exposure("00004900")
+    assert cron(site).returncode == 0
+    link = site.source / NIGHT / "00004900"
+    target = os.readlink(link)
+    link.unlink()  # the mountain's links are gone (a lost mount, a cleaned disk)
+    expected = f"no links found at {site.source}, check the connection"
+    for runs in (1, 2, 3):
+        cron(site)
+        failures = subprocess.run([sys.executable, "-m", "scripts.status", "--config",
+                                   str(site.config_file), "--failures"], cwd=REPO,
+                                  capture_output=True, text=True, check=True).stdout
+        assert (expected in failures) == (runs >= 2), (runs, failures)
+    subjects = [s for s in mailbox.subjects() if "listing" in s]
+    assert subjects == [f"[desitransfer] DESI_SPECTRO_DATA local:{site.source}: listing"
+                        " failed"], mailbox.subjects()
+    assert expected in (site.state / "status" / "index.html").read_text()
+    link.symlink_to(target)
+    assert cron(site).returncode == 0
+    assert [s for s in mailbox.subjects() if "listing" in s][1:] == [
+        f"[desitransfer] resolved: DESI_SPECTRO_DATA local:{site.source}: listing"]
