@@ -1,4 +1,4 @@
-"""Case 7: what writing the metrics file adds to a no-op run at archive scale.
+"""Case 8: what writing the metrics file adds to a no-op run at archive scale.
 
 The state of case 1 (NIGHTS nights × EXPOSURES exposures, every night done, 30
 nights listed), after one real no-op run (its listing cache, its lanes' records). A
@@ -58,15 +58,15 @@ def write_once(config_file: str, fill: bool = False) -> tuple[float, str]:
                              "fill" if fill else "run"], capture_output=True,
                             text=True, cwd=REPO, timeout=3600, env=env)
     if result.returncode != 0:
-        raise BenchError(f"case 7: the metrics writer failed:\n{result.stderr[-2000:]}")
+        raise BenchError(f"case 8: the metrics writer failed:\n{result.stderr[-2000:]}")
     out = json.loads(result.stdout.splitlines()[-1])
     if not out["line"].startswith("Metrics written"):
-        raise BenchError(f"case 7: {out['line']}")
+        raise BenchError(f"case 8: {out['line']}")
     return out["ms"], out["line"]
 
 
 def run(opts, data: dict) -> tuple[list[Row], list[str]]:
-    """Case 7: cold (every night read) once, then warm (every night cached) `repeat` times."""
+    """Case 8: cold (every night read) once, then warm (every night cached) `repeat` times."""
     cache = scale.ROOT / "state" / ".metrics"
     kept = opts.keep and any(cache.glob("*.nights.json"))
     if not kept:
@@ -78,19 +78,19 @@ def run(opts, data: dict) -> tuple[list[Row], list[str]]:
     workdir.mkdir(exist_ok=True)
     measure(snakemake_command(workdir, data["noop"]))
     if not (scale.ROOT / "state" / ".listing").is_dir():
-        raise BenchError("case 7: the no-op run left no listing cache")
+        raise BenchError("case 8: the no-op run left no listing cache")
     write_once(str(data["noop"]))  # warm-up (bytecode), not counted
     warm, line = [], ""
     for _ in range(opts.repeat):
         ms, line = write_once(str(data["noop"]))
         warm.append(ms)
-    row = Row("7 metrics", f"metrics file written after a no-op run ({opts.nights:,} nights"
+    row = Row("8 metrics", f"metrics file written after a no-op run ({opts.nights:,} nights"
                            f" × {opts.exposures} exp. in state)")
     row.walls = [ms / 1000 for ms in warm]
     row.target = f"< {TARGET_MS} ms added"
     row.met = verdict(median(warm) < TARGET_MS)
     row.ratio = f"{median(warm):.0f} ms"
-    notes = [f"Case 7: writing the metrics takes {median(warm):.0f} ms (median of"
+    notes = [f"Case 8: writing the metrics takes {median(warm):.0f} ms (median of"
              f" {len(warm)}: {', '.join(f'{ms:.0f}' for ms in warm)} ms), the import of"
              f" prometheus_client included; "
              + (f"the cache was kept from an earlier --keep run ({cold:.0f} ms)." if kept

@@ -19,12 +19,12 @@ from scripts.status.report import rebuild_after_run, rebuild_can_wait
 # neither handler) writes nothing.
 onsuccess:
     if TARGETS and not rebuild_can_wait(config, draining=is_draining()):
-        logger.info(rebuild_after_run(config))
+        logger.info(rebuild_after_run(config, ending_run=RUN_ID))
     if not PREVIEW:
         logger.info(metrics_after_run(config, get_listings()))
 
 
 onerror:
-    logger.info(rebuild_after_run(config))
+    logger.info(rebuild_after_run(config, ending_run=RUN_ID))
     if not PREVIEW:
         logger.info(metrics_after_run(config, get_listings()))

@@ -122,6 +122,15 @@ def read_failure(marker: str | os.PathLike) -> dict[str, Any] | None:
     return read_record(failure_path(marker))
 
 
+def attempt_text(attempt: int, max_attempts: int) -> str:
+    """How a log line counts an attempt: ``attempt 2 of 3``, and past the bound (a
+    failure of the environment's is retried every run) ``attempt 5, past the 3 of
+    verify.max_attempts``, never "attempt 5 of 3"."""
+    if attempt <= max_attempts:
+        return f"attempt {attempt} of {max_attempts}"
+    return f"attempt {attempt}, past the {max_attempts} of verify.max_attempts"
+
+
 def next_attempt(marker: str | os.PathLike) -> int:
     """The number of the attempt starting now: one more than its failure record counts."""
     return (read_failure(marker) or {}).get("attempts", 0) + 1

@@ -33,6 +33,8 @@ checksum lock
     is transferred while it exists, so an abandoned one stops every stream.
 configuration
     a refused configuration (nothing runs until it is fixed).
+held by a person (``EXPID.held``, ``python -m scripts.control hold``)
+    shown with who and since when until it is released: the night went on without it.
 any record with ``exception``
     an unexpected error in a rule script (a bug or the environment), at once.
 """
@@ -48,10 +50,17 @@ from pathlib import Path
 
 from scripts.escaping import printable
 from scripts.lanes import stalled_lanes
-from scripts.markers import FAILED, failure_path, marker_path, read_record
+from scripts.markers import FAILED, failure_path, marker_path, read_record, valid_expid
 from scripts.remote import first_night
 from scripts.run_lock import LANES
-from scripts.state_layout import configuration_path, night_directory, unreachable_path
+from scripts.state_layout import (
+    HOLD,
+    configuration_path,
+    empty_listing_path,
+    hold_path,
+    night_directory,
+    unreachable_path,
+)
 from scripts.status.formatting import duration
 from scripts.status.late import LateExposure, LateNight, read_late
 from scripts.status.model import NightStatus
@@ -68,7 +77,8 @@ from scripts.time_limits import lane_seconds
 LABELS = {"staged": "staging", "checksummed": "verification", "installed": "install",
           "updated": "catch-up", "caughtup": "catch-up", "backedup": "backup",
           "listing": "listing", "configuration": "configuration",
-          "checksum_lock": "checksum lock", "lane": "lane run", "late": "late data"}
+          "checksum_lock": "checksum lock", "lane": "lane run", HOLD: "held by a person",
+          "late": "late data"}
 #: Stages whose label says the state itself ("late data"), not a failed step.
 STATE_STAGES = ("late",)
 ALL_STREAMS = "all streams"
@@ -218,6 +228,7 @@ def stream_problems(config: dict, stream: str, now: dt.datetime,
             # Which night-level markers exist is all `night_action` needs of them.
             status.stages = {n[9:]: {} for n in files.files if not n.endswith(FAILED)}
             out += find_problems(status, state, config["verify"]["max_attempts"])
+        out += person_holds(state, stream, night, names)
         stale = _stale_backup(config, stream, night, files, names, oldest)
         if stale is not None:
             out.append(stale)
@@ -261,6 +272,28 @@ def late_problems(config: dict, stream: str, now: dt.datetime, index: dict[str, 
             + [late_night_problem(config, n) for n in nights])
 
 
+def person_holds(state: str | os.PathLike, stream: str, night: str,
+                 names: list[str]) -> list[Problem]:
+    """The exposures of a night a person holds (``EXPID.held``), with who and when."""
+    out = []
+    for name in sorted(names):
+        expid, _, rest = name.partition(".")
+        if rest != HOLD or not valid_expid(expid):
+            continue
+        path = hold_path(state, stream, night, expid)
+        record = read_record(path) or {}
+        who, when = str(record.get("by", "?")), str(record.get("time", ""))
+        out.append(Problem(
+            stream, night, expid, HOLD, printable(f"held by {who} at {when}"
+                                                  + (f": {record['why']}" if record.get("why")
+                                                     else "")),
+            "", printable(when),
+            printable(f"its night goes on without it; give it back with: python -m"
+                      f" scripts.control release {night}/{expid} --stream {stream}"),
+            printable(str(path))))
+    return out
+
+
 def malformed_links(state: str | os.PathLike, stream: str,
                     listing: dict | None = None) -> list[Problem]:
     """One problem per malformed link in the stream's last listing (its cache, or
@@ -298,7 +331,34 @@ def run_problems(config: dict, config_file: str | os.PathLike | None = None,
             "check the host, the network and the ssh keys; transfers resume by themselves",
             str(unreachable_path(state)), subject_item=printable(host)))
     lock = checksum_lock_problem(config, listings)
-    return [*out, *([] if lock is None else [lock]), *lane_problems(config)]
+    return [*out, *empty_listings(config), *([] if lock is None else [lock]),
+            *lane_problems(config)]
+
+
+def empty_listings(config: dict) -> list[Problem]:
+    """The streams that listed exposures before and found no link at all for
+    ``alerts.unreachable_runs`` runs in a row (the original's "No links found, check
+    connection.")."""
+    streams, alerts = config.get("streams"), config.get("alerts")
+    if not (isinstance(streams, dict) and isinstance(alerts, dict)):
+        return []
+    out = []
+    for stream in streams:
+        path = empty_listing_path(config["state"], stream)
+        record = read_record(path) or {}
+        runs = record.get("runs", 0)
+        if not (isinstance(runs, int) and runs >= alerts.get("unreachable_runs", 3)):
+            continue
+        source = str(record.get("source") or (streams[stream] or {}).get("source", "?"))
+        host = str(config.get("remote", {}).get("host", "?"))
+        out.append(Problem(
+            stream, "", None, "listing",
+            printable(f"no links found at {source}, check the connection ({runs}"
+                      " consecutive runs, after listings that found some)"),
+            runs, printable(str(record.get("since", ""))),
+            "check the mountain host, its disk and the stream's source; transfers resume"
+            " by themselves", printable(str(path)), subject_item=printable(f"{host}:{source}")))
+    return out
 
 
 def checksum_lock_problem(config: dict, listings: dict | None = None) -> Problem | None:

@@ -23,6 +23,7 @@ from scripts.markers import (
     write_json_atomic,
 )
 from scripts.state_layout import (
+    HOLD,
     hpss_status_path,
     listing_cache_path,
     night_directory,
@@ -30,8 +31,9 @@ from scripts.state_layout import (
 )
 from scripts.status.model import ExposureStatus, NightStatus
 
-#: Exposure records the status reads: the stages, and the catch-up's ``updated``.
-EXPOSURE_RECORDS = (*EXPOSURE_STAGES, "updated")
+#: Exposure records the status reads: the stages, the catch-up's ``updated``, and a
+#: person's hold (``held``).
+EXPOSURE_RECORDS = (*EXPOSURE_STAGES, "updated", HOLD)
 
 
 @dataclass
