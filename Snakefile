@@ -11,15 +11,27 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)
-from scripts.configuration import describe_validation_error
+from scripts.configuration import (
+    announce_configuration,
+    describe_validation_error,
+    find_configuration,
+)
 from scripts.lanes import start_activity
 from scripts.run_lock import RunLockBusy, hold
 
-# The bundled config.yaml is the default only: a --configfile replaces it rather
-# than being merged into it (a production file must not inherit demo streams).
-if not workflow.overwrite_configfiles:
+# The configuration: --configfile, else $DESITRANSFER_CONFIG, else the bundled
+# config.yaml (the demo), as every tool chooses (scripts/configuration.py). A file
+# given replaces the bundled one rather than being merged into it (a production file
+# must not inherit demo streams). The file read is said on stderr, never stdout.
+if workflow.overwrite_configfiles:
+    CONFIG_ORIGIN = "--configfile"
+else:
+    CONFIG_FILE, CONFIG_ORIGIN = find_configuration()
 
-    configfile: os.path.join(workflow.basedir, "config.yaml")
+    configfile: CONFIG_FILE
+
+
+announce_configuration(workflow.configfiles, CONFIG_ORIGIN)
 
 
 try:

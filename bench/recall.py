@@ -1,4 +1,4 @@
-"""Case 7: a tape recall of 10 members against reading the same bytes with cat/openssl.
+"""Case 9: a tape recall of 10 members against reading the same bytes with cat/openssl.
 
 Data: one night of one exposure of 10 files of ``--recall-size`` bytes (100 MB in the
 full suite, 20 MB with ``--quick``) and its checksum file, installed as the workflow
@@ -114,12 +114,12 @@ def run(opts, size: int) -> tuple[list[Row], list[str]]:
     shell_baseline = (f"rm -rf {extract} && mkdir {extract} && tar -xf {data['tarball']}"
                       f" -C {extract} {' '.join(members)} && openssl dgst -sha256"
                       f" {' '.join(str(extract / m) for m in members)} > /dev/null")
-    cat = Row("7 recall", f"{what}: `cat` of the files on disk")
-    openssl = Row("7 recall", f"{what}: `openssl dgst -sha256` of the files (baseline)")
-    tar_x = Row("7 recall", f"{what}: `tar -xf` of the members, then `openssl dgst`"
+    cat = Row("9 recall", f"{what}: `cat` of the files on disk")
+    openssl = Row("9 recall", f"{what}: `openssl dgst -sha256` of the files (baseline)")
+    tar_x = Row("9 recall", f"{what}: `tar -xf` of the members, then `openssl dgst`"
                             " (baseline of htar)")
-    ours_tar = Row("7 recall", f"{what}: `scripts.audit --recall 10`, tar backend")
-    ours_htar = Row("7 recall", f"{what}: `scripts.audit --recall 10`, htar (emulator)")
+    ours_tar = Row("9 recall", f"{what}: `scripts.audit --recall 10`, tar backend")
+    ours_htar = Row("9 recall", f"{what}: `scripts.audit --recall 10`, htar (emulator)")
     contenders = [
         (cat, ["sh", "-c", f"cat {' '.join(data['files'])} > /dev/null"], None),
         (openssl, ["openssl", "dgst", "-sha256", *data["files"]], None),
@@ -147,7 +147,7 @@ def run(opts, size: int) -> tuple[list[Row], list[str]]:
     ours_tar.met = verdict(ours_tar.throughput >= 0.8 * openssl.throughput)
     ours_htar.met = verdict(ours_htar.throughput >= 0.8 * tar_x.throughput)
     shutil.rmtree(extract, ignore_errors=True)
-    notes = [f"Case 7: one exposure of {MEMBERS} files of {size / 1e6:.0f} MB on tape"
+    notes = [f"Case 9: one exposure of {MEMBERS} files of {size / 1e6:.0f} MB on tape"
              " (written as the backup writes it); a recall of 10 members draws them all."
              " The tar backend reads them from the tarball (headers walked, data hashed"
              " once); htar (the emulator: Python's tarfile) writes them into the private"

@@ -62,7 +62,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smaller data (200 nights, 0.5 GB files, 60 exposures at most)")
-    parser.add_argument("--cases", default="1,2,3,4,5,6,7",
+    parser.add_argument("--cases", default="1,2,3,4,5,6,7,8,9",
                         help="comma-separated cases to run (default: all)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per measurement, median reported (default 3; cases 1 and"
@@ -120,17 +120,29 @@ class Cases:
 
 
 def run_all(opts) -> Cases:
-    from bench import audit, endtoend, freshness, recall, scale, verification
+    from bench import (
+        audit,
+        endtoend,
+        freshness,
+        metrics,
+        planning,
+        recall,
+        scale,
+        sharing,
+        verification,
+    )
 
     cases = Cases(opts)
     scale_opts = argparse.Namespace(**vars(opts))
     scale_opts.repeat = max(opts.repeat, 5)
-    if {1, 2} & set(opts.cases):
+    if {1, 2, 8} & set(opts.cases):
         print(f"preparing the archive state ({opts.nights:,} nights × {opts.exposures}"
               " exposures)", flush=True)
         data = scale.prepare(scale_opts)
         cases.case(1, "no-op run at archive scale", lambda: scale.run_noop(scale_opts, data))
         cases.case(2, "planning a busy night", lambda: scale.run_busy(scale_opts, data))
+        cases.case(8, "writing the metrics after a no-op run at archive scale",
+                   lambda: metrics.run(scale_opts, data))
         if not opts.keep:
             scale.clean()
     if 3 in opts.cases:
@@ -143,6 +155,9 @@ def run_all(opts) -> Cases:
     cases.case(4, "end to end, and orchestration overhead", lambda: endtoend.run(opts))
     if not opts.keep:
         endtoend.clean()
+    cases.case(4, "one shared ssh connection per run against one per command",
+               lambda: sharing.run(opts))
+    sharing.clean()
     cases.case(5, "freshness: publication to installed under a backup and a backlog",
                lambda: freshness.run(opts))
     freshness.clean()
@@ -150,7 +165,11 @@ def run_all(opts) -> Cases:
                lambda: audit.run(opts, opts.audit_size))
     if not opts.keep:
         audit.clean()
-    cases.case(7, "a tape recall of 10 members against cat and openssl of the same bytes",
+    cases.case(7, "planning one bounded run over 3,000 pending exposures",
+               lambda: planning.run(opts))
+    if not opts.keep:
+        planning.clean()
+    cases.case(9, "a tape recall of 10 members against cat and openssl of the same bytes",
                lambda: recall.run(opts, opts.recall_size))
     recall.clean()
     return cases

@@ -18,6 +18,7 @@ from snakemake.settings.types import DeploymentMethod
 from scripts.configuration import (
     ConfigurationError,
     check_configuration,
+    expand_paths,
     get_now,
     get_streams,
 )
@@ -25,7 +26,7 @@ from scripts.lanes import LaneError, describe_plan, get_lane, get_run_id
 from scripts.preview import DRAWINGS, preview_kind
 from scripts.markers import utc_timestamp, write_json_atomic
 from scripts.observe import listing_epoch, observe, with_hpss
-from scripts.plan import Observation, Plan, make_plan
+from scripts.plan import Observation, Plan, ScopeError, get_scope, make_plan
 from scripts.remote import first_night
 from scripts.run_lock import LANES
 from scripts.state_layout import (
@@ -43,8 +44,15 @@ from scripts.job import ENV_RUN_PID
 from scripts.time_limits import job_minutes, job_seconds
 
 try:
+    config.update(expand_paths(config))  # ${VAR}, $VAR and ~: no `$` reaches a path
     check_configuration(config)
 except ConfigurationError as err:
+    sys.exit(f"desitransfer: {', '.join(map(str, workflow.configfiles))}: {err}")
+
+try:
+    # A run or a drawing of one night or one exposure (--config night=, exposure=).
+    SCOPE = get_scope(config)
+except ScopeError as err:
     sys.exit(f"desitransfer: {', '.join(map(str, workflow.configfiles))}: {err}")
 
 STATE = config["state"]
@@ -120,8 +128,9 @@ def get_plan():
     )
     log_observation(observation)
     # The exposure lane's bound; a drawing without a target draws one such run too
-    # (the whole backlog is a picture nobody can read). -n and a hand run show all.
-    bounded = LANE == "exposures" or PREVIEW in DRAWINGS
+    # (the whole backlog is a picture nobody can read); a drawing of one night or one
+    # exposure (SCOPE) draws all of it. -n and a hand run show all.
+    bounded = LANE == "exposures" or (PREVIEW in DRAWINGS and not SCOPE)
     plan = make_plan(config, observation, LANE, bounded)
     if plan.wants_hpss:
         observation = with_hpss(config, observation, plan, bool(PREVIEW))
@@ -155,6 +164,13 @@ def get_published(wildcards):
     listing = seen and seen.listing
     epoch = listing and listing.published.get(f"{wildcards.night}/{wildcards.expid}")
     return utc_timestamp(dt.datetime.fromtimestamp(epoch, dt.UTC)) if epoch else None
+
+
+def get_listings():
+    """The listings this run planned from, by stream (None: not listed), for the
+    metrics (scripts/metrics.py), which would otherwise read them back from the cache.
+    """
+    return {name: seen.listing for name, seen in OBSERVATION.streams.items()}
 
 
 def get_listing_failure_targets():

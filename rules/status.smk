@@ -7,16 +7,24 @@
 
 from snakemake.logging import logger
 
+from scripts.metrics import metrics_after_run
 from scripts.status.report import rebuild_after_run, rebuild_can_wait
 
 
 # The target rule `all` is a job on every run, so onsuccess fires even when nothing
 # was pending: TARGETS (set in the Snakefile) says whether anything could change. A
-# run in the middle of a backlog's drain leaves a recent page to the next run.
+# run in the middle of a backlog's drain leaves a recent page to the next run. The
+# metrics file (scripts/metrics.py) is rewritten after every run, a no-op too: its
+# lane ages and timestamps are what the monitoring watches; a preview (which fires
+# neither handler) writes nothing.
 onsuccess:
     if TARGETS and not rebuild_can_wait(config, draining=is_draining()):
-        logger.info(rebuild_after_run(config))
+        logger.info(rebuild_after_run(config, ending_run=RUN_ID))
+    if not PREVIEW:
+        logger.info(metrics_after_run(config, get_listings()))
 
 
 onerror:
-    logger.info(rebuild_after_run(config))
+    logger.info(rebuild_after_run(config, ending_run=RUN_ID))
+    if not PREVIEW:
+        logger.info(metrics_after_run(config, get_listings()))

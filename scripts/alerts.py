@@ -23,7 +23,7 @@ from pathlib import Path
 from scripts.escaping import printable, printable_lines
 from scripts.markers import read_record, utc_timestamp, write_json_atomic
 from scripts.state_layout import ledger_path
-from scripts.status.problems import Problem
+from scripts.status.problems import STATE_STAGES, Problem
 
 log = logging.getLogger("desitransfer.alerts")
 
@@ -42,7 +42,8 @@ def header(text: str) -> str:
 
 
 def subject(problem: Problem) -> str:
-    return header(f"[desitransfer] {problem.stream} {problem.item}: {problem.label} failed")
+    what = problem.label if problem.stage in STATE_STAGES else f"{problem.label} failed"
+    return header(f"[desitransfer] {problem.stream} {problem.item}: {what}")
 
 
 def body(problem: Problem) -> str:

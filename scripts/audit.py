@@ -64,9 +64,13 @@ from scripts.checksum import VerificationResult, verify_exposure
 from scripts.configuration import (
     ConfigurationError,
     Stream,
+    announce_configuration,
     describe_validation_error,
+    expand_paths,
+    find_configuration,
     get_streams,
     load_yaml,
+    require_state,
     with_defaults,
 )
 from scripts.hpss import BackupError, Member, is_consistency_member, minimal_tar_size
@@ -77,7 +81,6 @@ from scripts.tape import Tape
 from scripts.tape_contents import by_exposure, differences, exposure_on_disk
 from scripts.tar_archive import scan_tar
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 #: Problems about the exposure directory itself, rather than one file in it.
 EXPOSURE = ""
 #: Escapes as Python's repr writes them; other control characters become \xNN.
@@ -599,7 +602,8 @@ def audit_stream(audit: Audit, config: dict, stream: Stream, night: str | None =
 
 
 def load_configuration(path: str | os.PathLike) -> dict:
-    """Read, validate and complete the configuration, as the workflow does.
+    """Read, validate and complete the configuration, as the workflow does (paths
+    expanded); its state directory must exist (an audit of nothing is no good audit).
 
     Raises
     ------
@@ -610,7 +614,12 @@ def load_configuration(path: str | os.PathLike) -> dict:
     error = describe_validation_error(raw, [str(path)])
     if error is not None:
         raise ConfigurationError(error)
-    return with_defaults(raw)
+    try:
+        config = expand_paths(with_defaults(raw))
+    except ConfigurationError as err:
+        raise ConfigurationError(f"{path}: {err}") from None
+    require_state(config, path)
+    return config
 
 
 def select_streams(config: dict, name: str | None) -> list[Stream]:
@@ -630,8 +639,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Audit the archive without changing it: checksums, modes, stray"
                     " entries, markers and backup records. One line per problem on"
                     " stdout; exit 0 when everything holds, 1 otherwise.")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="configuration file (default: config.yaml beside the Snakefile)")
+    parser.add_argument("--config", help="configuration file (default: $DESITRANSFER_CONFIG,"
+                                          " else config.yaml beside the Snakefile)")
     parser.add_argument("--night", help="audit this night only (YYYYMMDD)")
     parser.add_argument("--stream", help="audit this stream only")
     parser.add_argument("--threads", type=int,
@@ -690,7 +699,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = argument_error(args)
         if error:
             raise ConfigurationError(error)
-        config = load_configuration(args.config)
+        path, origin = find_configuration(args.config)
+        announce_configuration([path], origin)
+        config = load_configuration(path)
         streams = select_streams(config, args.stream)
     except ConfigurationError as err:
         print(f"audit: {err}", file=sys.stderr)

@@ -29,7 +29,7 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with(parent: int, cwd_fd: int | None = None):
+def die_with(parent: int, cwd_fd: int | None = None):
     """A ``preexec_fn``: SIGKILL this child when `parent` dies, even by SIGKILL; and
     start it in the open directory `cwd_fd` (a directory pinned by descriptor, see
     scripts/own_dirs.py: no path is looked up again)."""
@@ -100,7 +100,7 @@ def run(
             text=True,
             errors="replace",
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid(), cwd_fd),
+            preexec_fn=die_with(os.getpid(), cwd_fd),
         )
     except FileNotFoundError:
         log.debug("not found: %s", command[0])

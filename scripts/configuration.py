@@ -15,13 +15,18 @@ import datetime as dt
 import functools
 import math
 import os
+import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.state_layout import logs_directory, status_directory
+from scripts.state_layout import logs_directory, metrics_path, status_directory
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+#: The configuration every tool reads when given none: $DESITRANSFER_CONFIG, else this.
+BUNDLED_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+ENV_CONFIG = "DESITRANSFER_CONFIG"
 #: remote.host meaning "the SOURCE paths are on this machine" (see scripts.remote).
 LOCAL_HOST = "local"
 #: `now` must fall in these years: a replay is of this era, and dates far from it
@@ -144,6 +149,163 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+#: ``${NAME}`` or ``$NAME``, as a shell or DESI's own configuration writes a variable.
+_VARIABLE = re.compile(r"\$(?:\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def path_keys(config: dict) -> list[tuple[tuple[str, ...], bool]]:
+    """The keys whose values are paths, each with whether it is a path on this machine
+    (``~`` is then this user's home) or at the mountain or on tape (no ``~``: this
+    machine's home means nothing there). Only the keys present, whatever their type."""
+    remote = config.get("remote")
+    local_source = isinstance(remote, dict) and remote.get("host") == LOCAL_HOST
+    keys = [(("state",), True), (("logs",), True), (("status",), True),
+            (("kill_file",), True), (("backup", "hpss_bin"), True),
+            (("backup", "archive"), True), (("remote", "checksum_lock"), local_source)]
+    streams = config.get("streams")
+    for name in streams if isinstance(streams, dict) else ():
+        keys += [(("streams", name, "source"), local_source),
+                 (("streams", name, "data_root"), local_source),
+                 (("streams", name, "staging"), True),
+                 (("streams", name, "destination"), True),
+                 (("streams", name, "hpss"), False)]
+    return keys
+
+
+def expand_value(key: str, value: str, local: bool, environ=os.environ) -> str:
+    """`value` with ``${VAR}`` and ``$VAR`` replaced from `environ` and, on this machine,
+    a leading ``~`` (``~user``) by the home directory, as DESI's configuration is written.
+
+    Raises
+    ------
+    ConfigurationError
+        One line naming `key` and the variable: unset or empty (an empty
+        ``${DESI_ROOT}`` would turn ``${DESI_ROOT}/spectro`` into ``/spectro``), or a
+        ``$`` or ``~`` left over, which is never taken as a literal path.
+    """
+    def variable(match: re.Match) -> str:
+        name = match["plain"] or match["braced"]
+        if not _NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{key}: {_shown(match[0])} is not a variable (write ${{NAME}} or $NAME,"
+                " NAME of letters, digits and _)")
+        if name not in environ:
+            raise ConfigurationError(
+                f"{key}: {_shown(match[0])} is not set in the environment; export {name}"
+                " (e.g. in the crontab) or write the path in full")
+        if not environ[name]:
+            raise ConfigurationError(
+                f"{key}: {_shown(match[0])} is set but empty; set {name} to a directory"
+                " or write the path in full")
+        return environ[name]
+
+    expanded = _VARIABLE.sub(variable, value)
+    if local and expanded.startswith("~"):
+        expanded = os.path.expanduser(expanded)
+    for sign, meaning in (("$", "a variable that could not be read"),
+                          ("~", "a home directory" if local else
+                           "this machine's home directory, not the mountain's or the"
+                           " tape's: write the path in full")):
+        if sign in expanded:
+            raise ConfigurationError(
+                f"{key}: {_shown(value)} still holds {sign!r} after expansion"
+                f" ({_shown(expanded)}): {meaning}; it is never used as a literal path")
+    return expanded
+
+
+def expand_paths(config: dict, environ=os.environ) -> dict:
+    """A copy of `config` whose path values (`path_keys`) and ssh command words have
+    their variables and ``~`` expanded (`expand_value`); other values as they are.
+
+    Every reader of a configuration file (the Snakefile, the cron entry, the status,
+    audit and plan commands) calls it, so no ``$`` or ``~`` ever reaches a path.
+
+    Raises
+    ------
+    ConfigurationError
+        ``KEY: …`` in one line; the caller puts the file name in front.
+    """
+    config = copy.deepcopy(config)
+    for path, local in path_keys(config):
+        parent = config
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
+            parent[path[-1]] = expand_value(".".join(path), parent[path[-1]], local, environ)
+    remote = config.get("remote")
+    if isinstance(remote, dict) and isinstance(remote.get("ssh"), list):
+        remote["ssh"] = [expand_value(f"remote.ssh[{i}]", word, True, environ)
+                         if isinstance(word, str) and ("$" in word or word.startswith("~"))
+                         else word for i, word in enumerate(remote["ssh"])]
+    return config
+
+
+def read_configuration(path: str | os.PathLike, amend=None) -> dict:
+    """The configuration file `path` as every tool reads it: YAML (changed by `amend`,
+    as a run's ``--config`` entries change it), the schema's defaults filled in, path
+    values expanded (`expand_paths`); not validated.
+
+    Raises
+    ------
+    ConfigurationError
+        One line naming the file (and the key, the variable).
+    """
+    loaded = load_yaml(path)
+    config = with_defaults(amend(loaded) if amend else loaded)
+    try:
+        return expand_paths(config)
+    except ConfigurationError as err:
+        raise ConfigurationError(f"{path}: {err}") from None
+
+
+def find_configuration(given: str | os.PathLike | None = None,
+                       environ=os.environ) -> tuple[Path, str]:
+    """The configuration file a tool reads, and where the choice came from.
+
+    Every tool (the cron entry, its ``--plan``, the status and audit commands, a
+    ``snakemake`` started by hand) chooses the same way: the file `given` on its command
+    line, else ``$DESITRANSFER_CONFIG``, else the bundled ``config.yaml`` (the demo), so
+    that a production crontab that exports the variable makes every tool read
+    production's file.
+    """
+    if given:
+        return Path(given), "argument"
+    if environ.get(ENV_CONFIG):
+        return Path(environ[ENV_CONFIG]), ENV_CONFIG
+    return BUNDLED_CONFIG, "bundled default"
+
+
+#: How every tool's first line of stderr begins (the cron entry: its log's first line).
+ANNOUNCEMENT = "desitransfer: configuration "
+
+
+def announce_configuration(files: Iterable[str | os.PathLike], origin: str) -> str:
+    """Say on stderr (stdout stays the tool's output: a table, JSON, a DAG) which
+    configuration file is read, and why that one; the line said."""
+    line = f"{ANNOUNCEMENT}{', '.join(os.path.abspath(f) for f in files)} ({origin})"
+    print(line, file=sys.stderr, flush=True)
+    return line
+
+
+def require_state(config: dict, path: str | os.PathLike) -> Path:
+    """The state directory of `config`, which must exist: a report, audit or plan of a
+    state that does not exist would be an empty report taken for a good one.
+
+    Raises
+    ------
+    ConfigurationError
+        One line naming the file and the directory.
+    """
+    state = Path(config["state"])
+    if not state.is_dir():
+        raise ConfigurationError(
+            f"{path}: state {_shown(str(state))} does not exist: nothing has run with this"
+            f" configuration yet (or the path is wrong; {ENV_CONFIG} or the argument names"
+            " the configuration)")
+    return state
+
+
 @dataclass(frozen=True)
 class Stream:
     """One configured data stream (raw spectroscopic data is one)."""
@@ -258,8 +420,9 @@ def data_directories(config: dict) -> list[tuple[str, str]]:
 
 
 def bookkeeping_directories(config: dict) -> list[tuple[str, str]]:
-    """The directories of the workflow's own files: state, status and logs
-    (status and logs default to STATE/status and STATE/logs)."""
+    """The directories of the workflow's own files: state, status, logs and the
+    metrics file's (status and logs default to STATE/status and STATE/logs, the
+    metrics file to STATUS/desitransfer.prom)."""
     state = config["state"]
     scratch = (config.get("backup") or {}).get("recall_scratch")
     return [
@@ -267,6 +430,7 @@ def bookkeeping_directories(config: dict) -> list[tuple[str, str]]:
         ("status", str(status_directory(config))),
         ("logs", str(logs_directory(config))),
         *([("backup.recall_scratch", scratch)] if scratch else []),
+        ("metrics", str(metrics_path(config).parent)),
     ]
 
 
@@ -308,7 +472,7 @@ def check_paths(config: dict) -> None:
             else:
                 continue
             raise ConfigurationError(
-                f"{_describe(key, value, own)} {problem}; keep state, status and logs"
+                f"{_describe(key, value, own)} {problem}; keep state, status, logs and metrics"
                 " apart from the data (source, staging, destination, backup.archive)"
             )
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scripts.checksum import VerificationResult, verify_exposure
-from scripts.commands import CommandResult, run
+from scripts.commands import CommandResult
 from scripts.configuration import Stream
 from scripts.links import (
     LinkCheckError,
@@ -20,7 +20,9 @@ from scripts.links import (
     resolve_exposure,
     same_exposure,
 )
+from scripts.markers import attempt_text
 from scripts.own_dirs import Pinned
+from scripts.remote import run_remote
 from scripts.rsync import rsync_command
 
 log = logging.getLogger("copies")
@@ -66,7 +68,7 @@ def fetch(remote: dict, stream: Stream, night: str, expid: str, into: Pinned, de
     checked = resolve_exposure(remote, stream.source, night, expid, stream.data_root)
     command = rsync_command(remote, checked.real, ".", delete=delete,
                             copy_dest=str(copy_dest) if copy_dest else None)
-    result = run(command, timeout=remote["transfer_timeout"], cwd_fd=into.fd)
+    result = run_remote(command, timeout=remote["transfer_timeout"], cwd_fd=into.fd)
     if result.ok:
         # What was copied must be what was checked: asked again, the mountain must
         # name the same directory, still with no link leading out.
@@ -144,8 +146,8 @@ def verify_with_retries(config: dict, stream: Stream, night: str, expid: str,
         result = verify_exposure(readable(copy), checksum_name, threads=threads)
         if result.ok:
             return result, attempt, copy
-        log.error("checksum error(s) detected for %s/%s (attempt %d of %d): %s",
-                  night, expid, attempt, max_attempts, result.reason())
+        log.error("checksum error(s) detected for %s/%s (%s): %s",
+                  night, expid, attempt_text(attempt, max_attempts), result.reason())
         if record_failure is not None:
             record_failure(result, attempt)
         if attempt >= max_attempts:

@@ -179,8 +179,12 @@ def stalled_lanes(state: str | os.PathLike, limits: dict[str, float],
     return out
 
 
-def lane_activity(state: str | os.PathLike) -> list[dict]:
+def lane_activity(state: str | os.PathLike, ending_run: str | None = None) -> list[dict]:
     """What each lane is doing now, for the status page and command.
+
+    `ending_run` is a run that asks as it ends (its onsuccess/onerror rebuilds the
+    page while it still holds its lanes' locks): its lanes are shown ``idle`` since
+    now, as they are once it has exited.
 
     Returns
     -------
@@ -198,7 +202,10 @@ def lane_activity(state: str | os.PathLike) -> list[dict]:
     for lane in LANES:
         record = read_record(activity_path(state, lane)) or {}
         locked = is_locked(state, lane)
-        if locked:
+        if ending_run is not None and record.get("run") == ending_run:
+            record.setdefault("finished", utc_timestamp())
+            status = "idle"
+        elif locked:
             status = "running" if record and "finished" not in record else "starting"
         elif not record.get("run"):  # only a note of when runs ended, or none
             status = "never"

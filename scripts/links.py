@@ -29,8 +29,7 @@ import posixpath
 import shlex
 from typing import NamedTuple
 
-from scripts.commands import run
-from scripts.remote import remote_command
+from scripts.remote import remote_command, run_remote
 
 #: Printed by the check script when the published link does not lead to a directory.
 NOT_A_DIRECTORY = "NOT-A-DIRECTORY"
@@ -136,8 +135,8 @@ def resolve_exposure(remote: dict, source: str, night: str, expid: str,
         The mountain could not be asked.
     """
     link = f"{source.rstrip('/')}/{night}/{expid}"
-    result = run(remote_command(remote, check_script(link, data_root)),
-                 timeout=remote["timeout"])
+    result = run_remote(remote_command(remote, check_script(link, data_root)),
+                        timeout=remote["timeout"])
     if not result.ok:
         raise LinkCheckError(f"checking the links of {night}/{expid} failed:"
                              f" {result.describe()}", timed_out=result.timed_out)

@@ -9,6 +9,7 @@ Every path under STATE comes from scripts/state_layout.py.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import tempfile
@@ -36,6 +37,13 @@ def valid_night(night: object) -> bool:
     """
     if not (isinstance(night, str) and len(night) == 8 and night.isascii() and night.isdigit()):
         return False
+    return _real_date(night)
+
+
+@functools.lru_cache(maxsize=8192)
+def _real_date(night: str) -> bool:
+    """Whether 8 ASCII digits are a date in `NIGHT_YEARS`: asked for the same few
+    thousand nights on every read of a listing or a state, so remembered."""
     year, month, day = int(night[:4]), int(night[4:6]), int(night[6:])
     if not NIGHT_YEARS[0] <= year <= NIGHT_YEARS[1]:
         return False
@@ -112,6 +120,15 @@ def write_failure(marker: str | os.PathLike, reason: str, attempts: int, **extra
 def read_failure(marker: str | os.PathLike) -> dict[str, Any] | None:
     """The failure record of `marker`, if any."""
     return read_record(failure_path(marker))
+
+
+def attempt_text(attempt: int, max_attempts: int) -> str:
+    """How a log line counts an attempt: ``attempt 2 of 3``, and past the bound (a
+    failure of the environment's is retried every run) ``attempt 5, past the 3 of
+    verify.max_attempts``, never "attempt 5 of 3"."""
+    if attempt <= max_attempts:
+        return f"attempt {attempt} of {max_attempts}"
+    return f"attempt {attempt}, past the {max_attempts} of verify.max_attempts"
 
 
 def next_attempt(marker: str | os.PathLike) -> int:

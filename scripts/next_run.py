@@ -20,10 +20,30 @@ from scripts.configuration import (
     describe_validation_error,
     get_now,
     get_streams,
+    require_state,
 )
 from scripts.observe import observe, with_hpss
-from scripts.plan import Plan, describe, make_plan
+from scripts.plan import Plan, ScopeError, describe, get_scope, make_plan
 from scripts.remote import first_night
+
+
+def checked(config: dict, config_file: Path) -> dict:
+    """`config` if a run can plan from it.
+
+    Raises
+    ------
+    ConfigurationError
+        It cannot (one line, naming the file).
+    """
+    problem = describe_validation_error(config, [str(config_file)])
+    if problem is not None:
+        raise ConfigurationError(problem)
+    try:
+        check_configuration(config)
+        get_scope(config)
+    except (ConfigurationError, ScopeError) as err:
+        raise ConfigurationError(f"{config_file}: {err}") from None
+    return config
 
 
 def plan_lanes(config: dict, lanes: Sequence[str]) -> dict[str, Plan]:
@@ -49,13 +69,29 @@ def plan_lanes(config: dict, lanes: Sequence[str]) -> dict[str, Plan]:
     return plans
 
 
+def plan_run(config: dict, config_file: Path, lane: str, run_id: str) -> Plan:
+    """The plan of the run `run_id` of `lane`, observed as that run's parse observes
+    (not a preview: its listing is cached for `run_id`, and the parse reuses it).
+
+    Raises
+    ------
+    ConfigurationError
+        The configuration cannot be planned from (one line).
+    """
+    checked(config, config_file)
+    now = get_now(config)
+    start = first_night(now, config["lookback_nights"])
+    observation = observe(config, get_streams(config), now, start, lane, run_id,
+                          preview=False)
+    plan = make_plan(config, observation, lane)
+    if plan.wants_hpss:
+        observation = with_hpss(config, observation, plan, preview=False)
+        plan = make_plan(config, observation, lane)
+    return plan
+
+
 def show_plan(config: dict, config_file: Path, lanes: Sequence[str]) -> tuple[int, list[str]]:
     """The exit status and the lines to print (stdout) for ``--plan``."""
-    problem = describe_validation_error(config, [str(config_file)])
-    if problem is not None:
-        raise ConfigurationError(problem)
-    state = Path(config["state"])
-    if not state.is_dir():
-        raise ConfigurationError(f"{config_file}: state {state} does not exist: nothing has"
-                                 " run with this configuration yet (or the path is wrong)")
+    checked(config, config_file)
+    require_state(config, config_file)
     return 0, describe(plan_lanes(config, lanes))

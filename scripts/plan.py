@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from scripts.markers import valid_expid, valid_night
 from scripts.remote import Listing
 from scripts.targets import (
     NightState,
@@ -77,6 +78,56 @@ class Observation:
         return night_exposures(listed, night, self.night_state(stream, night))
 
 
+class ScopeError(ValueError):
+    """``night`` or ``exposure`` in the configuration names no night or exposure; the
+    message is one line (``KEY: what is wrong; what to do``)."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a run or a drawing is restricted to (``--config night=YYYYMMDD`` or
+    ``--config exposure=NIGHT/EXPID``); the empty scope holds everything."""
+
+    night: str | None = None
+    expid: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.night is not None
+
+    def holds(self, night: str, expid: str | None = None) -> bool:
+        """Whether the exposure (or, without `expid`, the night's own stages) is in scope."""
+        if self.night is None:
+            return True
+        if night != self.night:
+            return False
+        return self.expid is None or expid == self.expid
+
+
+def get_scope(config: Mapping) -> Scope:
+    """The scope the configuration asks for (keys ``night`` and ``exposure``).
+
+    Raises
+    ------
+    ScopeError
+        Not a real night, not ``NIGHT/EXPID``, or both keys given.
+    """
+    night, exposure = config.get("night"), config.get("exposure")
+    if night is not None and exposure is not None:
+        raise ScopeError("night, exposure: give one of them, not both")
+    if night is not None:
+        night = str(night)  # --config night=20261127 arrives as a number
+        if not valid_night(night):
+            raise ScopeError(f"night: {night!r} is no night; give YYYYMMDD, a real date")
+        return Scope(night)
+    if exposure is not None:
+        night, _, expid = str(exposure).partition("/")
+        if not (valid_night(night) and valid_expid(expid)):
+            raise ScopeError(f"exposure: {str(exposure)!r} is no exposure; give NIGHT/EXPID"
+                             " (YYYYMMDD, a real date, and 8 digits)")
+        return Scope(night, expid)
+    return Scope()
+
+
 @dataclass(frozen=True)
 class NightStage:
     """A night-level stage to run (`stage`: ``caughtup``, ``backedup``, ``backedup.N``)."""
@@ -107,6 +158,8 @@ class Plan:
     #: Streams that could not be listed: name -> one line.
     unlisted: Mapping[str, str] = field(default_factory=dict)
     locked: bool = False
+    #: Streams whose listing the plan is made from.
+    listed: tuple[str, ...] = ()
     #: The day (UTC ``YYYYMMDD``) whose tape recall this run makes, if any.
     recall: str | None = None
     #: Why the day's recall waits (HPSS down), if it does.
@@ -157,24 +210,30 @@ def due_stages(config: dict, observation: Observation, stream: str, night: str) 
     return stages
 
 
-def exposure_work(config: dict, observation: Observation, lane: str | None,
+def exposure_work(config: dict, observation: Observation, scope: Scope,
                   bounded: bool) -> tuple[tuple, int]:
-    """This run's exposures and how many are pending in all."""
+    """This run's exposures (in `scope`) and how many are pending in all."""
     pending = []
     for name, seen in observation.streams.items():
         if seen.listing is None:
             continue
+        # valid_night: an impossible date (20261131) is no night, whoever made the
+        # listing; the listing's parser skips it already.
         pending += [(name, night, expid)
-                    for night, expid in pending_exposures(seen.listing.exposures, seen.nights)]
+                    for night, expid in pending_exposures(seen.listing.exposures, seen.nights)
+                    if scope.holds(night, expid) and valid_night(night)]
     limit = config["exposures_per_run"] if bounded else None
     return tuple(newest_first(pending, limit)), len(pending)
 
 
-def night_work(config: dict, observation: Observation, ready_only: bool
+def night_work(config: dict, observation: Observation, scope: Scope, ready_only: bool
                ) -> tuple[list[NightStage], list[tuple[str, str, str]]]:
-    """Every eligible night's due stages (backlog included), and the nights that wait
-    (with `ready_only`, as in the night lane: a night still transferring waits)."""
+    """Every eligible night's due stages (backlog included; in `scope`), and the nights
+    that wait (with `ready_only`, as in the night lane: a night still transferring waits).
+    A scope of one exposure holds no night stage."""
     stages, waiting = [], []
+    if scope.expid is not None:
+        return stages, waiting
     for name, seen in observation.streams.items():
         if seen.listing is None:
             continue
@@ -182,6 +241,8 @@ def night_work(config: dict, observation: Observation, ready_only: bool
         from_state = {n for n in seen.marker_nights
                       if n not in listed and observation.night_state(name, n).installed}
         for night in sorted(listed | from_state):
+            if not (valid_night(night) and scope.holds(night)):
+                continue
             expids = observation.night_expids(name, night)
             state = observation.night_state(name, night)
             due_here = due_stages(config, observation, name, night)
@@ -202,22 +263,26 @@ def make_plan(config: dict, observation: Observation, lane: str | None,
 
     `bounded` (default: the exposure lane) caps the exposures at ``exposures_per_run``;
     a drawing without a target asks for one bounded run, which also leaves out the
-    nights still transferring, as the night lane does.
+    nights still transferring, as the night lane does. The configuration's scope
+    (`get_scope`: ``night``, ``exposure``) restricts everything the plan holds.
     """
     bounded = lane == "exposures" if bounded is None else bounded
+    scope = get_scope(config)
     unlisted = {n: s.error or "not listed" for n, s in observation.streams.items()
                 if s.listing is None}
+    listed = tuple(n for n, s in observation.streams.items() if s.listing is not None)
     held = tuple(sorted((name, night, expid)
                         for name, seen in observation.streams.items()
-                        for night, state in seen.nights.items() for expid in state.held))
+                        for night, state in seen.nights.items() for expid in state.held
+                        if scope.holds(night, expid)))
     if observation.locked:
-        return Plan(lane, unlisted=unlisted, held=held, locked=True)
+        return Plan(lane, unlisted=unlisted, held=held, locked=True, listed=listed)
     exposures, pending = ((), 0)
     if lane != "nights":
-        exposures, pending = exposure_work(config, observation, lane, bounded)
+        exposures, pending = exposure_work(config, observation, scope, bounded)
     stages, waiting = ([], [])
     if lane != "exposures":
-        stages, waiting = night_work(config, observation,
+        stages, waiting = night_work(config, observation, scope,
                                      ready_only=lane == "nights" or (bounded and lane is None))
     deferred = []
     recall, recall_deferred = recall_day(config, observation, lane), None
@@ -228,7 +293,8 @@ def make_plan(config: dict, observation: Observation, lane: str | None,
         if recall is not None:
             recall, recall_deferred = None, observation.hpss[1]
     return Plan(lane, exposures, pending, tuple(stages), tuple(deferred), tuple(waiting),
-                held, unlisted, recall=recall, recall_deferred=recall_deferred)
+                held, unlisted, recall=recall, recall_deferred=recall_deferred,
+                listed=listed)
 
 
 def _exposures_by_night(exposures: tuple[tuple[str, str, str], ...]) -> list[str]:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import shlex
+import socket
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,8 +38,13 @@ LOCK_LINE = "CHECKSUM-LOCK-PRESENT"
 #: The lock record's stamps: the mountain's clock now, and the lock's mtime.
 LOCK_RE = re.compile(r"([0-9]+) (-?[0-9]+(?:\.[0-9]*)?)")
 #: Bumped when the cached form of a listing changes: an older cache is a cache miss.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 LOCAL = "local"
+#: The control socket of the lane run's shared ssh connection (scripts/ssh_master.py),
+#: set by the cron entry for the runs it starts: every ssh of the run goes through it.
+ENV_CONTROL = "DESITRANSFER_SSH_CONTROL"
+#: Seconds a command cut off by a dying master waits for its replacement.
+REPLACEMENT_WAIT = 5.0
 
 
 class RemoteError(Exception):
@@ -55,18 +63,83 @@ class Listing:
     lock_age: float | None = None
     #: "NIGHT/EXPID" -> when the link appeared at the mountain (epoch seconds, its mtime)
     published: dict[str, float] = field(default_factory=dict)
+    #: Every link found, in the window or not, well-formed or not: none at all, after
+    #: a listing that found some, is the original's "No links found, check connection."
+    links: int = 0
 
     def nights(self) -> list[str]:
         return sorted({night for night, _ in self.exposures})
 
 
-def ssh_command(remote: dict) -> list[str]:
+def ssh_command(remote: dict, control: str | None = None) -> list[str]:
     """The configured ssh command, with ``BatchMode=yes`` added if it is missing:
-    ssh must fail rather than wait for a password that nobody will type."""
+    ssh must fail rather than wait for a password that nobody will type.
+
+    With a shared connection (`control`, by default ``DESITRANSFER_SSH_CONTROL``
+    from the environment) the command goes through it: ``ControlMaster=no`` never
+    makes this command a master, and with no live master at `control` ssh connects
+    on its own, so a dead shared connection never fails a command.
+    """
     ssh = list(remote["ssh"])
     if not any("batchmode" in option.lower() for option in ssh):
         ssh[1:1] = ["-o", "BatchMode=yes"]
+    control = os.environ.get(ENV_CONTROL) if control is None else control
+    if control:
+        ssh[1:1] = sharing_options(control)
     return ssh
+
+
+def sharing_options(control: str) -> list[str]:
+    """ssh's options that use the shared connection at `control` and never start one."""
+    # ssh expands %-tokens in ControlPath: a literal % is written %%.
+    return ["-o", "ControlMaster=no", "-o", f"ControlPath={control.replace('%', '%%')}"]
+
+
+def master_identity(control: str | None) -> tuple[int, int] | None:
+    """Which shared connection answers at the socket `control` now: the socket's
+    (device, inode) when a master accepts connections there, else None (none, or a
+    dead master's socket). A master replaced since has another identity."""
+    if not control:
+        return None
+    try:
+        info = os.lstat(control)
+        if not stat.S_ISSOCK(info.st_mode):
+            return None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            probe.connect(control)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def broken_under(result: CommandResult, before: tuple[int, int] | None,
+                 after: tuple[int, int] | None) -> bool:
+    """Whether `result` failed because the shared connection it went through ended
+    under it: it failed (not a timeout, not a missing program), a master was
+    serving before it started, and that master is no longer the one serving."""
+    return (not result.ok and not result.timed_out and not result.missing
+            and before is not None and after != before)
+
+
+def run_remote(command: Sequence[str], timeout: float, **kwargs) -> CommandResult:
+    """Run a command that reaches the mountain (`scripts.commands.run`), once more
+    when the shared ssh connection it went through died under it (a killed master
+    is the connection's failure, not the command's: the command runs again, on a
+    replaced master or a connection of its own)."""
+    control = os.environ.get(ENV_CONTROL)
+    before = master_identity(control)
+    result = run(command, timeout=timeout, **kwargs)
+    if not result.ok and broken_under(result, before, master_identity(control)):
+        log.warning("the shared ssh connection ended under %s (%s); running it again",
+                    os.path.basename(command[0]), result.describe())
+        # The cron entry opens a new master at once: the command goes through it when
+        # it is up soon, on a connection of its own otherwise.
+        deadline = time.monotonic() + REPLACEMENT_WAIT
+        while master_identity(control) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = run(command, timeout=timeout, **kwargs)
+    return result
 
 
 def remote_command(remote: dict, script: str) -> list[str]:
@@ -187,6 +260,7 @@ def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
             listing.locked = True
             listing.lock_age = lock_age(record)
             continue
+        listing.links += 1
         link = parse_record(record, prefix)
         if isinstance(link, str):
             listing.malformed.append(printable_path(link))
@@ -198,6 +272,7 @@ def parse_listing(text: str | bytes, source: str, first_night: str) -> Listing:
         # find ends every record with NUL: an unterminated tail is a truncated record
         # or output of the older newline format, and nothing in it is trusted.
         listing.malformed.append(printable_path(tail))
+        listing.links += 1
     listing.exposures = sorted(exposures)
     return listing
 
@@ -240,7 +315,7 @@ def list_exposures(
         if cached is not None:
             return cached
     command = remote_command(remote, listing_script(source, remote["checksum_lock"]))
-    result = run(command, timeout=remote["timeout"])
+    result = run_remote(command, timeout=remote["timeout"])
     failure = listing_failure(remote, source, result)
     if failure is not None:
         raise RemoteError(failure)
@@ -298,12 +373,23 @@ def _read_cache(path: Path, key: dict, max_age: float) -> Listing | None:
             locked=bool(data["locked"]),
             lock_age=None if data["lock_age"] is None else float(data["lock_age"]),
             published={str(k): float(v) for k, v in data["published"].items()},
+            links=int(data["links"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     if not all(valid_night(night) and valid_expid(expid) for night, expid in exposures):
         return None
     return listing
+
+
+def cached_exposures(path: Path) -> set[tuple[str, str]]:
+    """The (night, expid) of the last listing kept at `path`, however old; an absent
+    or unreadable cache knows none."""
+    try:
+        data = json.loads(path.read_text())
+        return {(str(night), str(expid)) for night, expid in data["exposures"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def source_spec(remote: dict, path: str) -> str:

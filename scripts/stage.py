@@ -37,6 +37,7 @@ from scripts.links import (
 )
 from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove_pinned
 from scripts.markers import (
+    attempt_text,
     failure_path,
     marker_path,
     next_attempt,
@@ -89,7 +90,7 @@ def record_own_failure(marker: Path, reason: str, attempt: int, max_attempts: in
     own = (read_failure(marker) or {}).get("own_failures", 0) + (not environment)
     exhausted = attempt >= max_attempts
     held = own >= max_attempts
-    log.error("%s, check logs! (attempt %d of %d)%s", reason, attempt, max_attempts,
+    log.error("%s, check logs! (%s)%s", reason, attempt_text(attempt, max_attempts),
               f"; held: fix it, then remove {failure_path(marker)} to stage it again"
               if held else "")
     extra = {"held": True, "policy": "hold"} if held else {}

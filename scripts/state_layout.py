@@ -4,6 +4,7 @@
 
     STATE/STREAM/NIGHT/EXPID.STAGE        an exposure's marker (staged, checksummed,
                                           installed, updated; .updating: a journal)
+    STATE/STREAM/NIGHT/EXPID.held         a person's hold (python -m scripts.control)
     STATE/STREAM/NIGHT.STAGE              a night's marker (caughtup, backedup[.N])
     MARKER.failed                         the failure record beside a marker
     STATE/logs/STREAM/NIGHT/EXPID.STAGE.log, STATE/logs/STREAM/NIGHT.STAGE.log
@@ -11,9 +12,13 @@
     STATE/status/                         DESI's status files (default of ``status``)
     STATE/.listing/STREAM.json[.failed]   the listing cache, and why listing failed
     STATE/.listing/STREAM.unlisted        the target of a stream's listing failure
+    STATE/.listing/STREAM.empty           runs in a row that found no link at all
     STATE/.lanes/LANE.lock, LANE.json     a lane's lock and its activity record
-    STATE/.alerts/sent.json, unreachable.json
-                                          what was mailed; unreachable runs counted
+    STATE/.ssh/KEY                        a lane run's shared ssh connection (the control
+                                          socket; the directory is private, 0700)
+    STATE/.alerts/sent.json, unreachable.json, reported.json
+                                          what was mailed; unreachable runs counted;
+                                          what the cron entry last told cron
     STATE/.config/config-DIGEST.json      the configuration a job reads
     STATE/.hpss_status.json               HPSS's last answer, for the status page
     STATE/.configuration.failed           this run's configuration error
@@ -23,6 +28,10 @@
     STATE/.recall/scratch/                recalled members, while they are verified
                                           (default of ``backup.recall_scratch``)
     STATE/logs/recall/DAY.recalled.log    the daily recall's log
+    STATE/.metrics/STREAM.json            the figures behind the metrics file: the
+                                          window's nights, the older ones summed
+    STATE/.metrics/STREAM.nights.json     each older night's figures
+    STATUS/desitransfer.prom              the metrics (default of ``metrics``)
 
 No other module joins a path under STATE by hand: they call these.
 """
@@ -56,9 +65,24 @@ def marker_path(state: str | os.PathLike, stream: str, night: str, expid: str | 
     return Path(state, stream, night, f"{expid}.{stage}")
 
 
+#: The record of a person's hold on an exposure, beside its markers.
+HOLD = "held"
+
+
+def hold_path(state: str | os.PathLike, stream: str, night: str, expid: str) -> Path:
+    """The record of a person's hold on an exposure (``scripts.control hold``): while it
+    exists no run fetches the exposure and its night goes on without it."""
+    return marker_path(state, stream, night, expid, HOLD)
+
+
 def failure_path(marker: str | os.PathLike) -> Path:
     """Where the failure record of `marker` lives."""
     return Path(f"{marker}{FAILED}")
+
+
+def control_log_path(config: dict) -> Path:
+    """What people did with ``python -m scripts.control``: one line per action."""
+    return logs_directory(config) / "control.log"
 
 
 def logs_directory(config: dict) -> Path:
@@ -92,6 +116,11 @@ def unlisted_target(state: str | os.PathLike, stream: str) -> str:
     return str(Path(state, ".listing", f"{stream}.unlisted"))
 
 
+def empty_listing_path(state: str | os.PathLike, stream: str) -> Path:
+    """Whether a stream listed links before, and the runs since that found none."""
+    return Path(state, ".listing", f"{stream}.empty")
+
+
 def listing_log_path(state: str | os.PathLike, stream: str) -> str:
     """The log of a stream's listing-failure job."""
     return str(Path(state, "logs", f"{stream}.listing.log"))
@@ -102,6 +131,21 @@ def lock_path(state: str | os.PathLike, lane: str) -> Path:
     return Path(state) / LANE_DIRECTORY / f"{lane}.lock"
 
 
+#: The shared ssh connections' control sockets.
+SSH_DIRECTORY = ".ssh"
+
+
+def ssh_directory(state: str | os.PathLike) -> Path:
+    """The private directory (0700) of the lanes' shared ssh connections."""
+    return Path(state) / SSH_DIRECTORY
+
+
+def ssh_control_path(state: str | os.PathLike, key: str) -> Path:
+    """The control socket of a shared ssh connection; `key` is a short name (a unix
+    socket's path is limited to 107 bytes, and ssh binds a longer temporary one first)."""
+    return ssh_directory(state) / key
+
+
 def activity_path(state: str | os.PathLike, lane: str) -> Path:
     """The activity record of `lane`."""
     return Path(state) / LANE_DIRECTORY / f"{lane}.json"
@@ -110,6 +154,11 @@ def activity_path(state: str | os.PathLike, lane: str) -> Path:
 def ledger_path(state: str | os.PathLike) -> Path:
     """What was mailed, so that each problem is mailed once."""
     return Path(state, ".alerts", "sent.json")
+
+
+def reported_path(state: str | os.PathLike) -> Path:
+    """The problems the cron entry's last invocation knew, so that cron mails news only."""
+    return Path(state, ".alerts", "reported.json")
 
 
 def unreachable_path(state: str | os.PathLike) -> Path:
@@ -161,3 +210,24 @@ def recall_scratch_directory(config: dict) -> Path:
     ``STATE/.recall/scratch``."""
     scratch = (config.get("backup") or {}).get("recall_scratch")
     return Path(scratch or Path(config["state"], RECALL_DIRECTORY, "scratch"))
+
+
+#: The metrics file's name in STATUS when the ``metrics`` key is not set.
+METRICS_FILE = "desitransfer.prom"
+
+
+def metrics_path(config: dict) -> Path:
+    """The metrics file (Prometheus text, for node_exporter's textfile collector): the
+    ``metrics`` key, by default ``STATUS/desitransfer.prom``."""
+    return Path(config.get("metrics") or status_directory(config) / METRICS_FILE)
+
+
+def metrics_cache_path(state: str | os.PathLike, stream: str) -> Path:
+    """The figures behind the metrics that a run reads: the look-back window's nights,
+    each with the fingerprint it was read at, and the older nights' sum."""
+    return Path(state, ".metrics", f"{stream}.json")
+
+
+def metrics_nights_path(state: str | os.PathLike, stream: str) -> Path:
+    """Each older night's figures, with its fingerprint: read when their sum is redone."""
+    return Path(state, ".metrics", f"{stream}.nights.json")

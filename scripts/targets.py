@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scripts.markers import FAILED, read_record, valid_expid, valid_night
-from scripts.state_layout import night_directory, stream_directory
+from scripts.state_layout import HOLD, night_directory, stream_directory
 
 
 @dataclass
@@ -21,6 +21,7 @@ class NightState:
     """The markers found for one night of one stream."""
 
     installed: set[str] = field(default_factory=set)
+    #: Held by policy (a failure record says ``held``) or by a person (``EXPID.held``).
     held: set[str] = field(default_factory=set)
 
 
@@ -39,6 +40,8 @@ def scan_night(state: str | os.PathLike, stream: str, night: str) -> NightState:
                 continue
             if name.endswith(".installed"):
                 found.installed.add(expid)
+            elif name == f"{expid}.{HOLD}":  # a person's hold (scripts/control.py)
+                found.held.add(expid)
             elif name.endswith((".checksummed" + FAILED, ".staged" + FAILED)):
                 record = read_record(entry.path) or {}
                 if record.get("held"):

@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 
 from scripts.archive import identity, replace
-from scripts.commands import run
 from scripts.configuration import Stream
 from scripts.copies import fetch, staging_role, tree_size, verify_with_retries
 from scripts.links import LinkCheckError, UnreadableExposureError, UnsafeLinkError
@@ -33,6 +32,7 @@ from scripts.markers import (
     write_marker,
 )
 from scripts.own_dirs import Pinned, UnsafeDirectoryError, pinned, remove, remove_pinned
+from scripts.remote import run_remote
 from scripts.rsync import changed_exposures, changed_files, rsync_command
 from scripts.state_layout import night_directory
 from scripts.targets import scan_night
@@ -70,7 +70,8 @@ def clear_policy_failure(config: dict, stream: Stream, night: str, expid: str,
              " cleared; its record keeps the history", night, expid)
 
 
-def record_update(config: dict, stream: Stream, night: str, expid: str, journal: dict) -> None:
+def record_update(config: dict, stream: Stream, night: str, expid: str, journal: dict,
+                  how: str = "replaced by a catch-up") -> None:
     """Bring the exposure's records up to date after a swap: the installed marker
     describes the new copy, ``EXPID.updated`` keeps every replaced version's record,
     and a verification failure accepted by policy is cleared (the copy verified)."""
@@ -84,7 +85,7 @@ def record_update(config: dict, stream: Stream, night: str, expid: str, journal:
     write_marker(updated, {"outcome": "updated", "updates": history})
     clear_policy_failure(config, stream, night, expid, journal["time"])
     write_marker(installed, {**previous, "time": utc_timestamp(), "bytes": size,
-                             "files": files, "how": "replaced by a catch-up",
+                             "files": files, "how": how,
                              "verification": "verified"})
 
 
@@ -112,8 +113,10 @@ def finish_interrupted_updates(config: dict, stream: Stream, night: str) -> None
 
 
 def update_exposure(config: dict, stream: Stream, night: str, expid: str, changed: list[str],
-                    threads: int) -> dict:
+                    threads: int, how: str = "replaced by a catch-up") -> dict:
     """Fetch, verify and swap in a changed installed exposure; return its result.
+
+    `how` goes into the new installed record (a catch-up, or a person's retry).
 
     Raises
     ------
@@ -125,13 +128,13 @@ def update_exposure(config: dict, stream: Stream, night: str, expid: str, change
         remove(stream.staging, side_copy_parts(night, expid), staging_role(stream))
         with pinned(stream.staging, side_copy_parts(night, expid), create=True,
                     role=staging_role(stream)) as side:
-            return update_in(config, stream, night, expid, changed, threads, side)
+            return update_in(config, stream, night, expid, changed, threads, side, how)
     except UnsafeDirectoryError as err:
         raise CatchUpError(str(err)) from None
 
 
 def update_in(config: dict, stream: Stream, night: str, expid: str, changed: list[str],
-              threads: int, side: Pinned) -> dict:
+              threads: int, side: Pinned, how: str = "replaced by a catch-up") -> dict:
     """`update_exposure` in the pinned side copy `side`."""
     remote = config["remote"]
     archive = stream.destination_exposure(night, expid)
@@ -168,7 +171,7 @@ def update_in(config: dict, stream: Stream, night: str, expid: str, changed: lis
         write_json_atomic(journal_path, {**journal, "identity": list(new)})
 
     replace(side, stream.destination, night, expid, before_swap=write_journal)
-    record_update(config, stream, night, expid, journal)
+    record_update(config, stream, night, expid, journal, how)
     journal_path.unlink(missing_ok=True)
     log.info("%s/%s updated from the mountain: %d changed file(s) verified and swapped in",
              night, expid, len(changed))
@@ -215,10 +218,10 @@ def catch_up_night(config: dict, stream: Stream, night: str, threads: int = 2) -
     # Only the installed exposures that are not held: a held one (links that lead
     # outside, a loop, an unreadable directory) is out of its night, and the dry run
     # (which follows the night's published links) must never follow its links.
-    dry = run(rsync_command(remote, f"{stream.source.rstrip('/')}/{night}", str(night_dir),
-                            dry_run=True, itemize=True, exposures=exposures,
-                            follow_dirlinks=True),
-              timeout=remote["transfer_timeout"])
+    dry = run_remote(rsync_command(remote, f"{stream.source.rstrip('/')}/{night}",
+                                   str(night_dir), dry_run=True, itemize=True,
+                                   exposures=exposures, follow_dirlinks=True),
+                     timeout=remote["transfer_timeout"])
     if not dry.ok and dry.returncode == 23 and "change_dir" in dry.stderr \
             and "No such file or directory" in dry.stderr:
         # The night's links left the mountain after installation: nothing can arrive late.

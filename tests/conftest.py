@@ -78,6 +78,9 @@ class Site:
             "state": str(self.state),
             "lookback_nights": 30,
             "now": NOW,
+            # One cron invocation is one pass over the lanes here; the watch between
+            # cron starts has its own tests (test_watch.py).
+            "cron_interval": 0,
             "remote": {
                 "host": "local",
                 "timeout": 60,
@@ -170,7 +173,7 @@ def sshd(tmp_path_factory) -> dict:
     require_tool("ssh")
     server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
     try:
-        yield {**server.remote, "port": server.port}
+        yield {**server.remote, "port": server.port, "log": str(server.log)}
     finally:
         server.stop()
 

@@ -24,7 +24,24 @@ temporary mountain + data centre, with faults between and during the runs:
   ``backup.timeout``, hsi failing);
 * ``hpss_down``: the (real, HTTP) status endpoint says "down" for one run;
 * ``time``: the simulated clock (configuration key ``now``) advances, so that nights
-  become due for catch-up and backup.
+  become due for catch-up and backup;
+* ``planted_link``: a group member's symbolic link where the workflow writes: in
+  STAGING (``.catch-up`` -> the archive DESTINATION, ``NIGHT`` or ``NIGHT/EXPID`` -> a
+  sentinel directory outside), in the archive's workspace
+  (``DESTINATION/.desitransfer/NIGHT-EXPID.incoming`` -> the sentinel) or in the state (a
+  lane's lock file -> a sentinel file outside). Planted by the soak's own uid (the
+  workflow's user): the directories the workflow makes are not writable by another uid
+  here, so a second uid could plant nothing (tests/test_shared_site.py runs the
+  two-uid cases). Removed again two runs later (a person cleaned up);
+* ``bad_date``: the mountain publishes an exposure under an impossible night
+  (``20261131/EXPID``, ``20260230/EXPID``...); it stays published to the end;
+* ``stale_checksum_lock``: the mountain's checksum lock, three days old (older than
+  ``remote.checksum_lock_max_age``); removed again three runs later;
+* ``sigstop_job``: a running stage or backup job's process (its worker, or its
+  supervisor, before or after it forked) is stopped (SIGSTOP) during the run; the job's
+  wall-clock limit (``runtime_margin`` is small here) must end it;
+* ``kill_cron``: SIGKILL of the cron entry and its Snakemake processes (not the process
+  group) while a job runs.
 
 After every run, killed or not, the invariants are checked (`Soak.check`):
 
@@ -38,7 +55,13 @@ After every run, killed or not, the invariants are checked (`Soak.check`):
   there); an archive on tape, once complete, never changes;
 * ``python -m scripts.audit --config CONFIG`` exits 0 (skipped, and said so, while
   scripts/audit.py does not exist);
-* nothing of a run is alive once the next run has started (see `check_lingering`).
+* nothing of a run is alive once the next run has started (see `check_lingering`);
+* nothing outside the soak's staging and state is written or deleted through a planted
+  link: a sentinel directory outside is unchanged after every run;
+* never two htar processes of the same archive at once (looked for while a run goes);
+* while a stale checksum lock stands, ``python -m scripts.status --failures`` names it;
+* a stopped job is ended by its wall-clock limit: the run ends within the job's limit
+  plus a grace, and a failure record says "timed out after N s".
 
 After a final quiet phase (no faults, the clock past the last night's backup hour)
 every published exposure must be installed, every night caught up and backed up, with
@@ -82,13 +105,33 @@ from processes import children  # noqa: E402
 
 #: Every fault kind; the short version (tests/test_fault_soak.py) exercises each.
 FAULTS = ("kill", "flip", "update", "late_file", "late_exposure", "rm_night_markers",
-          "rm_marker", "rm_state", "htar_fail", "htar_hang", "hsi_fail", "hpss_down", "time")
+          "rm_marker", "rm_state", "htar_fail", "htar_hang", "hsi_fail", "hpss_down", "time",
+          "planted_link", "bad_date", "stale_checksum_lock", "sigstop_job", "kill_cron")
 #: Faults that act on the HPSS side of one run: at most one of them per run.
 HPSS_FAULTS = ("htar_fail", "htar_hang", "hsi_fail", "hpss_down")
 #: Weights of the faults drawn at random beside the coverage queue.
 WEIGHTS = {"kill": 0.0, "flip": 1.0, "update": 1.0, "late_file": 1.0, "late_exposure": 1.0,
            "rm_night_markers": 0.6, "rm_marker": 1.0, "rm_state": 0.3, "htar_fail": 1.0,
-           "htar_hang": 0.8, "hsi_fail": 0.8, "hpss_down": 0.8, "time": 0.0}
+           "htar_hang": 0.8, "hsi_fail": 0.8, "hpss_down": 0.8, "time": 0.0,
+           "planted_link": 0.5, "bad_date": 0.2, "stale_checksum_lock": 0.15,
+           "sigstop_job": 0.3, "kill_cron": 0.3}
+#: Faults that act on a run's processes while it goes: at most one of them per run.
+RUN_FAULTS = ("kill", "sigstop_job", "kill_cron")
+#: Impossible nights the mountain may publish under (``bad_date``).
+BAD_NIGHTS = ("20261131", "20260230", "20261132", "20261100", "20261301", "20260931")
+#: The wall-clock margin of every job (configuration key ``runtime_margin``), seconds.
+RUNTIME_MARGIN = 3
+#: A stopped job's run may take this much longer than the job's limit to end.
+STOP_GRACE = 30
+#: Runs after which a planted link, a stale checksum lock is removed (a person acted).
+PLANTED_RUNS = 2
+LOCK_RUNS = 3
+#: Three days: older than any sensible ``remote.checksum_lock_max_age``.
+STALE_LOCK_AGE = 3 * 86400
+#: A job of these modules is stopped by ``sigstop_job`` (their limits are short here).
+JOB_RE = re.compile(r"-m scripts\.(stage|backup)\b")
+ANY_JOB_RE = re.compile(r"-m scripts\.(stage|verify|install|catch_up|backup)\b")
+HTAR_RE = re.compile(r"htar .*-c\S*f (\S+)")
 KILL_PROBABILITY = 0.3
 TIME_PROBABILITY = 0.65
 NEW_EXPOSURE_PROBABILITY = 0.6
@@ -272,6 +315,13 @@ class Proc:
         return f"pid {self.pid} (pgid {self.pgid}, {origin}): {self.command[:200]}"
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def kill_pending(proc: Path) -> bool:
     """Whether SIGKILL is pending for the process (thread or process-wide)."""
     try:
@@ -405,6 +455,16 @@ class Soak:
         self.failed_runs = 0
         self.checks = 0
         self.check_seconds = self.audit_seconds = 0.0
+        # What a group member's links point at: must never change.
+        self.sentinel = self.root / "outside"
+        (self.sentinel / "private").mkdir(parents=True)
+        (self.sentinel / "private" / "key").write_bytes(b"not for the archive\n")
+        (self.sentinel / "notes.txt").write_bytes(b"a group member's file\n")
+        self.sentinel_seen = snapshot(self.sentinel)
+        self.planted: list[tuple[int, Path]] = []     # (run planted, link)
+        self.bad_links: list[Path] = []
+        self.lock_planted: int | None = None
+        self.stop: dict | None = None                 # what sigstop_job stopped
         self.configure()
 
     def coverage_queue(self) -> list[str]:
@@ -427,6 +487,7 @@ class Soak:
             "logs": str(self.root / "logs"),
         })
         config["remote"].update(timeout=10, transfer_timeout=TRANSFER_TIMEOUT)
+        config["runtime_margin"] = RUNTIME_MARGIN
         config["verify"] = {"max_attempts": 3, "on_failure": "hold", "threads": 1}
         config["backup"] = {
             "backend": "htar", "hpss_bin": str(HERE / "hpss_emulator"),
@@ -481,7 +542,23 @@ class Soak:
             return self.site.state.is_dir()
         if kind in HPSS_FAULTS:
             return self.backup_pending(now)
+        if kind == "stale_checksum_lock":
+            return self.lock_planted is None
+        if kind in ("sigstop_job", "kill_cron"):
+            # a job must run: an exposure to stage (no checksum lock holding it back) or
+            # a backup due
+            return self.lock_planted is None and (
+                len(self.installed_exposures()) < len(self.mountain.exposures)
+                or self.backup_pending(now))
         return True
+
+    @staticmethod
+    def clash(kind: str, kinds: list[str]) -> bool:
+        """Whether `kind` may not join `kinds` in one run: one HPSS fault and one fault
+        on the run's processes per run; a new stale checksum lock would keep the job that
+        a process fault waits for from starting."""
+        return kind in kinds or any(kind in group and set(kinds) & set(group) for group in (
+            HPSS_FAULTS, RUN_FAULTS, ("stale_checksum_lock", "sigstop_job", "kill_cron")))
 
     def late_nights(self, now: dt.datetime) -> list[str]:
         current = night_of(now)
@@ -504,19 +581,18 @@ class Soak:
         for kind in list(self.cover):
             if len(kinds) - kinds.count("time") >= 2:
                 break
-            if kind in kinds or not self.eligible(kind, later) or (
-                    kind in HPSS_FAULTS and set(kinds) & set(HPSS_FAULTS)):
+            if not self.eligible(kind, later) or self.clash(kind, kinds):
                 continue
             kinds.append(kind)
         population = [k for k in WEIGHTS if k in self.enabled and WEIGHTS[k] > 0
                       and not (k in HPSS_FAULTS and set(self.cover) & set(HPSS_FAULTS))]
         for _ in range(self.rng.choice((0, 1, 1, 2)) if population else 0):
             kind = self.rng.choices(population, [WEIGHTS[k] for k in population])[0]
-            if kind not in kinds and not (kind in HPSS_FAULTS
-                                          and set(kinds) & set(HPSS_FAULTS)):
+            if not self.clash(kind, kinds):
                 kinds.append(kind)
-        if covering and "kill" in kinds and set(kinds) & set(HPSS_FAULTS):
-            kinds.remove("kill")  # while covering, an HPSS fault must meet its backup
+        if covering and set(kinds) & set(HPSS_FAULTS):
+            # while covering, an HPSS fault must meet its backup
+            kinds = [k for k in kinds if k not in ("kill", "kill_cron")]
         return kinds
 
     def apply(self, run: int, kinds: list[str]) -> tuple[dict[str, str], float | None, list]:
@@ -525,6 +601,7 @@ class Soak:
         env: dict[str, str] = {}
         kill_after = None
         hpss: list[str] = []
+        self.during = next((k for k in kinds if k in ("sigstop_job", "kill_cron")), None)
         # The clock first: the other faults' preconditions look at it.
         if "time" in kinds:
             self.now += self.step
@@ -574,16 +651,96 @@ class Soak:
             elif kind == "hpss_down":
                 self.status.set_status("down")
                 detail = "status endpoint says down"
+            elif kind == "planted_link":
+                detail = self.plant_link(run)
+            elif kind == "bad_date":
+                detail = self.publish_bad_date()
+            elif kind == "stale_checksum_lock":
+                self.site.lock.write_text("checksum running\n")
+                old = self.now.timestamp() - STALE_LOCK_AGE
+                os.utime(self.site.lock, (old, old))
+                self.lock_planted = run
+                detail = f"{self.site.lock.name} at the mountain, {STALE_LOCK_AGE} s old"
+            elif kind == "sigstop_job":
+                detail = "SIGSTOP of the first stage or backup job that runs"
+            elif kind == "kill_cron":
+                detail = "SIGKILL of the cron entry and its Snakemake while a job runs"
             if kind in HPSS_FAULTS:
                 hpss.append(kind)
             self.note(run, kind, detail)
         return env, kill_after, hpss
 
+    def plant_link(self, run: int) -> str:
+        """A group member's link where the workflow writes (see the module's docstring)."""
+        staging = self.site.staging
+        pending = [e for e in self.mountain.exposures.values()
+                   if not (self.site.destination / e.night / e.expid).exists()]
+        choices = ["catch-up", "night", "lock"] + (["exposure", "workspace"] if pending else [])
+        how = self.rng.choice(choices)
+        if how == "catch-up":
+            link, target = staging / ".catch-up", self.site.destination
+        elif how == "night":
+            night = (self.rng.choice(pending).night if pending and self.rng.random() < 0.7
+                     else night_of(self.now))
+            link, target = staging / night, self.sentinel
+        elif how == "exposure":
+            exposure = self.rng.choice(pending)
+            link, target = staging / exposure.night / exposure.expid, self.sentinel / "private"
+        elif how == "workspace":
+            # the archive's workspace, where a verified copy waits for its rename
+            exposure = self.rng.choice(pending)
+            link = self.site.destination / ".desitransfer" / (
+                f"{exposure.night}-{exposure.expid}.incoming")
+            target = self.sentinel / "private"
+        else:
+            lane = self.rng.choice(("exposures", "nights"))
+            link, target = self.site.state / ".lanes" / f"{lane}.lock", self.sentinel / "notes.txt"
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            remove_tree(link)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+        self.planted.append((run, link))
+        return f"ln -s {target.relative_to(self.root)} {link.relative_to(self.root)}"
+
+    def publish_bad_date(self) -> str:
+        """An exposure published under an impossible night: not one of the mountain's
+        legitimate exposures (the model does not know it), so nothing expects it."""
+        night = self.rng.choice(BAD_NIGHTS)
+        expid = f"{self.mountain.next_expid:08d}"
+        self.mountain.next_expid += 1
+        data = self.mountain.root / "data" / night / expid
+        data.mkdir(parents=True)
+        content = self.mountain.random_bytes()
+        (data / f"desi-{expid}.fits.fz").write_bytes(content)
+        (data / f"checksum-{expid}.sha256sum").write_text(
+            checksum_text({f"desi-{expid}.fits.fz": sha256(content)}))
+        link = self.mountain.root / "raw" / night / expid
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("..", "..", "data", night, expid))
+        self.bad_links.append(link)
+        return f"{night}/{expid} published"
+
+    def clean_up(self, run: int, everything: bool = False) -> None:
+        """A person removes planted links and the stale checksum lock some runs later."""
+        for planted, link in list(self.planted):
+            if everything or run - planted >= PLANTED_RUNS:
+                if link.is_symlink():
+                    link.unlink()
+                self.planted.remove((planted, link))
+                self.log(f"run {run:3d}: {'(cleaned up)':16s} rm {link.relative_to(self.root)}")
+        if self.lock_planted is not None and (everything
+                                              or run - self.lock_planted >= LOCK_RUNS):
+            self.site.lock.unlink(missing_ok=True)
+            self.lock_planted = None
+            self.log(f"run {run:3d}: {'(cleaned up)':16s} rm the checksum lock")
+
     def note(self, run: int, kind: str, detail: str) -> None:
         self.injected[kind] += 1
         if kind in self.cover:
             self.cover.remove(kind)
-        if kind not in ("kill",) and kind not in HPSS_FAULTS:
+        if kind not in ("kill", "sigstop_job", "kill_cron") and kind not in HPSS_FAULTS:
             self.effective[kind] += 1
         self.log(f"run {run:3d}: {kind:16s} {detail}")
 
@@ -630,17 +787,94 @@ class Soak:
         # The next run has started: nothing of an earlier run may still be alive.
         self.check_lingering(run)
         killed = False
-        try:
-            returncode = proc.wait(timeout=kill_after if kill_after else RUN_LIMIT)
-        except subprocess.TimeoutExpired:
+        returncode = self.watch(run, proc, start, kill_after)
+        if returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)
             returncode = proc.wait()
             killed = True
-            if not kill_after:
-                self.problem(run, f"run {run} did not end within {RUN_LIMIT} s (killed)")
         seconds = time.monotonic() - start
         self.after_run(run, proc.pid, killed)
         return RunResult(run, returncode, killed, seconds, err.read_text(errors="replace"))
+
+    def watch(self, run: int, proc: subprocess.Popen, start: float,
+              kill_after: float | None) -> int | None:
+        """Wait for the run, polling its processes: stop or kill what `self.during`
+        says, and look for two htar of one archive at once. None: the run is to be
+        killed (its kill delay, or a hung run)."""
+        limit = kill_after if kill_after else RUN_LIMIT
+        acted = self.during is None
+        self.acted = False
+        self.stop = None
+        while True:
+            returncode = proc.poll()
+            if returncode is not None:
+                break
+            elapsed = time.monotonic() - start
+            if self.stop is not None and elapsed > self.stop["deadline"]:
+                self.problem(run, f"a job stopped with SIGSTOP ({self.stop['command'][:120]})"
+                             f" was not ended by its wall-clock limit of"
+                             f" {self.stop['limit']} s: the run still went"
+                             f" {STOP_GRACE} s later (killed)")
+                return None
+            if elapsed > limit:
+                if not kill_after:
+                    self.problem(run, f"run {run} did not end within {RUN_LIMIT} s (killed)")
+                return None
+            alive = [p for p in soak_processes(self.helpers) if not p.dying]
+            # one htar per process group: its own session, with whatever it starts
+            groups = {(m.group(1), p.pgid) for p in alive
+                      if (m := HTAR_RE.search(p.command))}
+            htars = collections.Counter(archive for archive, _ in groups)
+            for archive, count in htars.items():
+                if count > 1:
+                    self.problem(run, f"{count} htar of {archive} at once")
+            if not acted:
+                acted = self.acted = self.act_during(run, proc, alive, elapsed)
+            time.sleep(0.05)  # polling interval, not a synchronisation
+        return returncode
+
+    def act_during(self, run: int, proc: subprocess.Popen, alive: list[Proc],
+                   elapsed: float) -> bool:
+        """Stop a job or kill the cron entry and its Snakemake once a job runs; whether
+        it was done."""
+        pattern = JOB_RE if self.during == "sigstop_job" else ANY_JOB_RE
+        # the job's interpreter, not the shell that started it
+        jobs = [p for p in alive if p.run == run and pattern.search(p.command)
+                and " -c " not in p.command]
+        if not jobs:
+            return False
+        if self.during == "sigstop_job":
+            # the job's worker (its parent is the job's supervisor, scripts/job.py, which
+            # ends it at the limit) or the supervisor itself, forked or not yet (the cron
+            # entry's watchdog, scripts/job_watchdog.py, ends it)
+            pids = {p.pid for p in jobs}
+            workers = [p for p in jobs if parent_of(p.pid) in pids]
+            job = self.rng.choice(workers) if workers and self.rng.random() < 0.5 else jobs[0]
+            step = JOB_RE.search(job.command).group(1)
+            limit = self.job_limit(step)
+            os.kill(job.pid, signal.SIGSTOP)
+            self.stop = {"pid": job.pid, "command": job.command, "limit": limit,
+                         "deadline": elapsed + limit + STOP_GRACE}
+            self.effective["sigstop_job"] += 1
+            self.log(f"run {run:3d}: {'(stopped)':16s} {job} (limit {limit} s)")
+            return True
+        targets = [proc.pid] + [p.pid for p in alive if "snakemake" in p.command
+                                and p.pid != proc.pid and not ANY_JOB_RE.search(p.command)]
+        for pid in targets:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        self.effective["kill_cron"] += 1
+        self.log(f"run {run:3d}: {'(killed cron)':16s} pids {targets} while {jobs[0]} ran")
+        return True
+
+    def job_limit(self, step: str) -> int:
+        """The wall-clock limit of a job of `step` the issue asks for: its configured
+        timeouts plus ``runtime_margin`` (the soak's own arithmetic, as README states it)."""
+        remote = self.site.config["remote"]
+        return {"stage": remote["timeout"] + remote["transfer_timeout"],
+                "backup": BACKUP_TIMEOUT}[step] + RUNTIME_MARGIN
 
     def after_run(self, run: int, pgid: int, killed: bool) -> None:
         """Right after run `run` ended (or its group was killed and the cron entry
@@ -702,12 +936,60 @@ class Soak:
         problems += self.check_archive()
         problems += self.check_records()
         problems += self.check_tape()
+        problems += self.check_outside()
+        problems += self.check_stopped(run)
+        problems += self.check_lock_shown()
         self.check_seconds += time.monotonic() - start
         if self.audit:
             start = time.monotonic()
             problems += self.check_audit()
             self.audit_seconds += time.monotonic() - start
         return problems
+
+    def check_outside(self) -> list[str]:
+        """Nothing outside STAGING and the state was written or deleted (planted links)."""
+        now = snapshot(self.sentinel)
+        if now == self.sentinel_seen:
+            return []
+        changed = sorted(set(now.items()) ^ set(self.sentinel_seen.items()))
+        return [f"written or deleted outside staging and state, through a planted link:"
+                f" {self.sentinel.relative_to(self.root)}/{name}" for name, _ in changed]
+
+    def check_stopped(self, run: int) -> list[str]:
+        """A stopped job was ended, and recorded as "timed out after N s"."""
+        if self.stop is None:
+            return []
+        stop, self.stop = self.stop, None
+        problems = []
+        if Path("/proc", str(stop["pid"])).exists() and not kill_pending(
+                Path("/proc", str(stop["pid"]))):
+            problems.append(f"the job stopped with SIGSTOP is still alive after its run:"
+                            f" pid {stop['pid']} {stop['command'][:120]}")
+            try:
+                os.kill(stop["pid"], signal.SIGKILL)  # so the soak can go on
+            except ProcessLookupError:
+                pass
+        records = [p for p in self.stream_state.rglob("*.failed")
+                   if "timed out after" in (read_json(p) or {}).get("reason", "")] \
+            if self.stream_state.is_dir() else []
+        if not records:
+            problems.append("no failure record says \"timed out after N s\" for the job"
+                            f" stopped with SIGSTOP ({stop['command'][:120]})")
+        return problems
+
+    def check_lock_shown(self) -> list[str]:
+        """A stale checksum lock is shown by ``python -m scripts.status --failures``."""
+        if self.lock_planted is None:
+            return []
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.status", "--failures", "--config",
+             str(self.site.config_file)],
+            cwd=REPO, env=self.base_env(), capture_output=True, text=True, timeout=120)
+        text = (result.stdout + result.stderr).lower()
+        if "checksum lock" in text or self.site.lock.name in text:
+            return []
+        return [f"a checksum lock {STALE_LOCK_AGE} s old stands at the mountain;"
+                " `python -m scripts.status --failures` does not show it"]
 
     def check_archive(self) -> list[str]:
         problems = []
@@ -919,6 +1201,9 @@ class Soak:
     def run_once(self, run: int, quiet: bool = False) -> RunResult:
         first_line = len(self.sequence)
         kinds = []
+        self.during = None
+        self.acted = False
+        self.clean_up(run, everything=quiet)
         if not quiet:
             self.new_exposures(run)
             kinds = self.plan()
@@ -935,6 +1220,8 @@ class Soak:
             self.effective[kind] += bool(took)
             if not took and not self.effective[kind]:
                 self.cover.insert(0, kind)  # not covered until it met a backup
+        if self.during and not self.acted and not self.effective[self.during]:
+            self.cover.insert(0, self.during)  # no job ran: not covered yet
         if kill_after is not None:
             self.effective["kill"] += result.killed
             if result.killed:
@@ -1065,6 +1352,20 @@ class Soak:
                 "faults": {k: {"injected": self.injected[k], "effective": self.effective[k]}
                            for k in FAULTS},
             }, indent=1))
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under `root`, without following links: type, mode and content."""
+    seen = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            content = (Path(path).read_bytes() if stat.S_ISREG(st.st_mode)
+                       else os.readlink(path) if stat.S_ISLNK(st.st_mode) else b"")
+            seen[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode),
+                                                 stat.S_IMODE(st.st_mode), content)
+    return seen
 
 
 def read_json(path: Path) -> dict | None:

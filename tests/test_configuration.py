@@ -124,6 +124,9 @@ def test_the_base_configuration_is_valid(tmp_path):
     ({"lookback_nights": 1000000},
      "site.yaml: lookback_nights: 1000000 is greater than the maximum of 3660"),
     ({"lookback_nights": 0}, "lookback_nights: 0 is less than the minimum of 1"),
+    ({"alerts__late_after": 0}, "alerts.late_after: 0 is less than the minimum of 1"),
+    ({"alerts__late_after": "30m"}, "alerts.late_after: '30m' is not of type 'integer'"),
+    ({"metrics": 5}, "metrics: 5 is not of type 'string', 'null'"),
     ({"lookback_nights": True}, "lookback_nights: True is not of type 'integer'"),
     ({"remote__timeout": 1e12},
      "remote.timeout: 1000000000000.0 is greater than the maximum of 604800"),
@@ -249,6 +252,10 @@ P = f"streams.{S}"
     ({"state": "/", "status": "{other}/www", "logs": "{other}/logs"},
      f"state: / contains {P}.source"),
     ({"logs": "{archive}/logs"}, f"logs: {{archive}}/logs is inside {P}.destination"),
+    # the metrics file's directory (node_exporter's textfile directory)
+    ({"metrics": "{archive}/desitransfer.prom"},
+     f"metrics: {{archive}} is the same directory as {P}.destination"),
+    ({"metrics": "{staging}/x/desitransfer.prom"}, "metrics: {staging}/x is inside"),
 ])
 def test_overlapping_directories_are_refused(tmp_path, changes, expected):
     names = {**roles(tmp_path), "root": str(tmp_path)}
@@ -361,7 +368,8 @@ def test_destination_equal_to_a_local_source_is_refused_before_anything_runs(sit
     site.config["streams"][STREAM]["destination"] = str(site.source)
     result = site.run(check=False)
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("desitransfer:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("desitransfer:")
+             and not line.startswith("desitransfer: configuration ")]  # the file read
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"desitransfer: {site.config_file}: "
                                f"streams.{STREAM}.destination: {site.source} is the same"
@@ -380,3 +388,65 @@ def test_defaults_are_copies_the_cached_schema_never_changes():
     second = with_defaults({"remote": {"host": "mountain"}})
     assert second["alerts"]["to"] == []
     assert "-v" not in second["remote"]["ssh"]
+
+
+# --- ${VAR}, $VAR and ~ in path values (DESI's style) ---
+
+ENV = {"DESI_ROOT": "/global/cfs/cdirs/desi", "DESI_SPECTRO_DATA": "/data/raw", "HOME": "/home/op"}
+
+
+def test_variables_and_home_are_expanded_in_every_path_value(monkeypatch):
+    from scripts.configuration import expand_paths
+
+    monkeypatch.setenv("HOME", "/home/op")
+    config = {"state": "${DESI_ROOT}/state", "kill_file": "~/stop_desi_transfer",
+              "logs": None, "remote": {"host": "dts", "checksum_lock": "/tmp/checksum-running",
+                                       "ssh": ["ssh", "-i", "~/.ssh/desi", "-q"]},
+              "backup": {"hpss_bin": "$DESI_ROOT/bin"},
+              "streams": {"S": {"source": "/data/dts/exposures/raw",
+                                "staging": "${DESI_ROOT}/spectro/staging/raw",
+                                "destination": "${DESI_SPECTRO_DATA}", "hpss": "desi/spectro",
+                                "checksum_file": "checksum-{exposure}.sha256sum"}}}
+    out = expand_paths(config, ENV)
+    assert out["state"] == "/global/cfs/cdirs/desi/state"
+    assert out["kill_file"] == "/home/op/stop_desi_transfer"
+    assert out["backup"]["hpss_bin"] == "/global/cfs/cdirs/desi/bin"
+    assert out["streams"]["S"]["staging"] == "/global/cfs/cdirs/desi/spectro/staging/raw"
+    assert out["streams"]["S"]["destination"] == "/data/raw"
+    assert out["remote"]["ssh"] == ["ssh", "-i", "/home/op/.ssh/desi", "-q"]
+    assert config["state"] == "${DESI_ROOT}/state"  # a copy: the input is left alone
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("state", "${NOPE}/state", "state: ${NOPE} is not set in the environment; export NOPE"),
+    ("state", "$NOPE/state", "state: $NOPE is not set in the environment; export NOPE"),
+    ("state", "${EMPTY}/state", "state: ${EMPTY} is set but empty"),
+    ("state", "${DESI_ROOT/state", "still holds '$' after expansion"),
+    ("state", "${a:b}/state", "state: ${a:b} is not a variable"),
+    ("state", "/data/~odd", "still holds '~' after expansion"),
+    ("state", "~nosuchuser12345/state", "still holds '~' after expansion"),
+    ("streams.S.source", "~/raw", "this machine's home directory, not the mountain's"),
+])
+def test_what_cannot_be_expanded_is_refused_in_one_line(key, value, expected):
+    from scripts.configuration import expand_paths
+
+    config = {"state": "/s", "remote": {"host": "dts"},
+              "streams": {"S": {"source": "/data/raw", "staging": "/st", "destination": "/d",
+                                "hpss": "h", "checksum_file": "c"}}}
+    parent, *path = key.split(".")
+    target = config
+    for part in ([parent, *path][:-1]):
+        target = target[part]
+    target[([parent, *path])[-1]] = value
+    with pytest.raises(ConfigurationError) as err:
+        expand_paths(config, {**ENV, "EMPTY": ""})
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{key}: ")
+
+
+def test_an_invalid_configuration_is_left_to_the_schema(tmp_path):
+    from scripts.configuration import expand_paths
+
+    # wrong types are not expanded (nor refused) here: the validation names them
+    assert expand_paths({"state": 5, "streams": ["x"], "remote": "dts"}, ENV) == \
+        {"state": 5, "streams": ["x"], "remote": "dts"}

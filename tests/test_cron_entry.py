@@ -114,14 +114,15 @@ def test_failure_exits_non_zero_with_a_summary_and_mails_once_then_resolved(site
     with_alerts(site, mailbox)
     result = cron(site)
     assert result.returncode == 1
-    assert "desitransfer run failed" in result.stderr
-    assert "checksum error(s) detected for 20261127/00004030" in result.stderr
+    assert result.stderr.startswith("desitransfer: 1 new problem(s)")
+    assert "DESI_SPECTRO_DATA 20261127/00004030: verification: 1 mismatched" in result.stderr
     assert mailbox.subjects() == [
         "[desitransfer] DESI_SPECTRO_DATA 20261127/00004030: verification failed"]
     body = mailbox.messages[0].get_content()
     assert "1 mismatched (desi-00004030.fits.fz)" in body and "What to do" in body
-    assert cron(site).returncode == 0  # held: later runs leave it alone...
-    assert len(mailbox.messages) == 1  # ...and do not mail again
+    again = cron(site)  # held: later runs leave it alone...
+    assert (again.returncode, again.stderr) == (0, "")  # ...cron mails nothing...
+    assert len(mailbox.messages) == 1  # ...and neither do the alerts
     # A person fixes the data at the source and releases the exposure.
     site.exposure("00004030")
     Path(f"{site.marker(NIGHT, '00004030', 'checksummed')}.failed").unlink()
@@ -137,14 +138,16 @@ def test_unreachable_mountain_mails_after_n_runs_and_when_it_is_back(site, sshd,
     dead[dead.index("-p") + 1] = str(free_port())
     site.config["remote"].update(host=sshd["host"], ssh=dead)
     with_alerts(site, mailbox, unreachable_runs=2)
-    first = cron(site)
-    assert first.returncode == 1 and "cannot reach" in first.stderr
+    first = cron(site)  # one run that cannot list is no problem yet: cron mails nothing
+    assert (first.returncode, first.stderr) == (0, "")
     assert mailbox.messages == []
-    assert cron(site).returncode == 1
+    second = cron(site)  # the second is: news, once
+    assert second.returncode == 1 and "cannot reach" in second.stderr
     assert mailbox.subjects() == ["[desitransfer] all streams "
                                   f"{sshd['host']}: listing failed"]
     assert "2 consecutive runs" in mailbox.messages[0].get_content()
-    cron(site)
+    third = cron(site)
+    assert (third.returncode, third.stderr) == (0, "")  # already told
     assert len(mailbox.messages) == 1
     site.config["remote"]["ssh"] = sshd["ssh"]
     assert cron(site).returncode == 0
@@ -159,9 +162,11 @@ def test_unreachable_smtp_server_never_fails_the_transfer(site):
     site.config["alerts"] = {"to": ["desi-alarms@example.org"],
                              "smtp": f"127.0.0.1:{free_port()}"}
     result = cron(site)
-    assert result.returncode == 0
     assert site.installed(NIGHT, "00004050").is_dir()
     assert "cannot send alert" in cron_log(site)
+    # The problem (installed although it failed) is news: cron's own mail carries it.
+    assert result.returncode == 1
+    assert "20261127/00004050: verification: 1 unlisted (extra.txt)" in result.stderr
 
 
 def test_configuration_error_is_one_line_and_a_mail(site, mailbox):
@@ -221,7 +226,9 @@ def test_hung_rsync_ends_as_a_timed_out_failure(site, sshd):
         start = time.monotonic()
         result = cron(site)
         elapsed = time.monotonic() - start
-    assert result.returncode == 1
+    # A first timed-out attempt is retried by the next run: nothing for cron to mail.
+    assert (result.returncode, result.stderr) == (0, "")
+    assert " ERROR | Error in rule stage_exposure" in cron_log(site)
     assert elapsed < 60
     for night, expid in ((NIGHT, "00004070"), ("20261126", "00004071")):
         failure = site.failure(night, expid, "staged")
@@ -271,8 +278,10 @@ def test_a_stale_checksum_lock_is_shown_and_mailed_once_and_still_holds_work_bac
     three_days = time.time() - 3 * 86400
     os.utime(site.lock, (three_days, three_days))
     with_alerts(site, mailbox)
-    assert cron(site).returncode == 0
-    assert cron(site).returncode == 0
+    first = cron(site)  # news: told once, by cron too
+    assert first.returncode == 1 and "checksum lock" in first.stderr
+    second = cron(site)
+    assert (second.returncode, second.stderr) == (0, "")
     assert not site.installed(NIGHT, "00004090").exists()  # the lock still holds work back
     lock_item = f"{sshd['host']}:{site.lock}"
     assert mailbox.subjects() == [f"[desitransfer] all streams {lock_item}:"
@@ -294,3 +303,30 @@ def test_a_stale_checksum_lock_is_shown_and_mailed_once_and_still_holds_work_bac
     assert cron(site).returncode == 0
     assert len(mailbox.messages) == 2 and not site.installed(NIGHT, "00004091").exists()
     assert "checksum lock" not in status_command(site, "--failures").stdout
+
+
+def test_a_stream_that_lists_no_links_any_more_says_so_once(site, mailbox):
+    """The original's "No links found, check connection.": a stream that found links
+    before and none at all for alerts.unreachable_runs runs is a problem, mailed once,
+    on the page and in --failures; links found again resolve it."""
+    with_alerts(site, mailbox, unreachable_runs=2)
+    site.exposure("00004900")
+    assert cron(site).returncode == 0
+    link = site.source / NIGHT / "00004900"
+    target = os.readlink(link)
+    link.unlink()  # the mountain's links are gone (a lost mount, a cleaned disk)
+    expected = f"no links found at {site.source}, check the connection"
+    for runs in (1, 2, 3):
+        cron(site)
+        failures = subprocess.run([sys.executable, "-m", "scripts.status", "--config",
+                                   str(site.config_file), "--failures"], cwd=REPO,
+                                  capture_output=True, text=True, check=True).stdout
+        assert (expected in failures) == (runs >= 2), (runs, failures)
+    subjects = [s for s in mailbox.subjects() if "listing" in s]
+    assert subjects == [f"[desitransfer] DESI_SPECTRO_DATA local:{site.source}: listing"
+                        " failed"], mailbox.subjects()
+    assert expected in (site.state / "status" / "index.html").read_text()
+    link.symlink_to(target)
+    assert cron(site).returncode == 0
+    assert [s for s in mailbox.subjects() if "listing" in s][1:] == [
+        f"[desitransfer] resolved: DESI_SPECTRO_DATA local:{site.source}: listing"]

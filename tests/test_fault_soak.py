@@ -16,10 +16,11 @@ from fault_soak import FAULTS
 
 HERE = Path(__file__).resolve().parent
 #: Chosen so that every fault kind meets what it is meant to hit (an HPSS fault a due
-#: backup, a kill a running run) within the runs below. Each cron run is two Snakemake
-#: runs (one per lane, about 4 s each here), so 9 + 2 runs keep this near a minute.
+#: backup, a kill a running run, a stopped job its limit) within the runs below. Each
+#: cron run is two Snakemake runs (one per lane, about 4 s each here), and the stopped
+#: job's run waits out the job's limit (33 s), so 14 + 2 runs take about two minutes.
 SEED = 3
-RUNS = 9
+RUNS = 14
 QUIET_RUNS = 2
 
 

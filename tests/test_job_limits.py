@@ -147,3 +147,36 @@ def test_no_job_outlives_its_killed_run(site, tape):
     site.env.pop("HTAR_HANG")
     site.run()
     assert site.marker(NIGHT, None, "backedup").exists()
+
+
+def test_a_job_that_cannot_end_itself_is_ended_by_the_cron_entry(site):
+    """Supervisor and worker stopped together (``kill -STOP`` of both, or a job stopped
+    before it forked): no part of the job can act, the cron entry's watchdog
+    (scripts/job_watchdog.py) ends it, and the lane goes on."""
+    limit = limits(site)
+    site.config.setdefault("kill_file", str(site.root / "stop_desi_transfer"))
+    site.exposure("00008000")
+    site.exposure("00008001")
+    slow_rsync_for(site, "00008001")
+    cron = subprocess.Popen([sys.executable, str(REPO / "scripts" / "cron_entry.py"),
+                             str(site.write_config()), "--lane", "exposures"],
+                            cwd=site.root, env=site.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        rsync = wait_for(cron.pid, lambda p: cmdline(p).startswith("sleep 600"))
+        worker = parent(rsync)
+        supervisor = parent(worker)
+        assert "scripts.stage" in cmdline(worker) and cmdline(supervisor) == cmdline(worker)
+        for pid in (supervisor, worker):
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        cron.wait(timeout=limit + 90)
+        took = time.monotonic() - started
+    finally:
+        if cron.poll() is None:
+            os.killpg(cron.pid, signal.SIGKILL)
+    failure = site.failure(NIGHT, "00008001", "staged")
+    assert f"timed out after {limit} s" in failure["reason"]
+    assert site.installed(NIGHT, "00008000").is_dir()  # the lane went on
+    assert took < limit + 60
+    wait_for_exit([supervisor, worker, rsync], timeout=10)

@@ -161,3 +161,91 @@ def test_describe_says_what_each_lane_does():
         f"  {S} 20261120: waiting for 1 exposure(s) to be installed",
         f"held: 1 exposure(s): {S} {NIGHT}/00000002",
     ]
+
+
+def test_a_scope_restricts_the_plan_to_one_night_or_one_exposure():
+    items = [("20261126", "00000001"), ("20261126", "00000002"), (NIGHT, "00000003"),
+             (NIGHT, "00000004")]
+    obs = observation(**{S: seen(items, installed=[(NIGHT, "00000004")],
+                                 held=[("20261126", "00000002")])})
+    night = make_plan(config(night=20261126), obs, None)  # --config gives a number
+    assert night.exposures == ((S, "20261126", "00000001"),) and night.pending == 1
+    assert night.held == ((S, "20261126", "00000002"),)
+    assert [(s.night, s.stage) for s in night.night_stages] == [
+        ("20261126", "caughtup"), ("20261126", "backedup")]
+    one = make_plan(config(exposure=f"{NIGHT}/00000003"), obs, None)
+    assert one.exposures == ((S, NIGHT, "00000003"),) and one.night_stages == ()
+    assert one.held == ()
+    # In the exposure lane the bound still holds; the scope narrows what it takes.
+    lane = make_plan(config(night=NIGHT, exposures_per_run=1), obs, "exposures")
+    assert lane.exposures == ((S, NIGHT, "00000003"),) and not lane.draining
+
+
+def test_a_scope_must_name_a_real_night_or_exposure():
+    import pytest
+
+    from scripts.plan import Scope, ScopeError, get_scope
+
+    assert get_scope({}) == Scope() and not get_scope({})
+    assert get_scope({"night": 20261127}) == Scope("20261127")
+    assert get_scope({"exposure": "20261127/00000003"}) == Scope("20261127", "00000003")
+    for bad in ({"night": "20261131"}, {"night": 2026113}, {"exposure": "20260230/00000001"},
+                {"exposure": "20261127/123"}, {"exposure": "20261127"},
+                {"night": "20261127", "exposure": "20261127/00000003"}):
+        with pytest.raises(ScopeError):
+            get_scope(bad)
+
+
+def test_nothing_pending_in_any_lane():
+    items = [(NIGHT, "00000001")]
+    done = observation(**{S: seen(items, installed=items, caught_up=[NIGHT],
+                                  backups={NIGHT: [{"exposures": ["00000001"]}]})})
+    for lane in ("exposures", "nights", None):
+        plan = make_plan(config(), done, lane)
+        assert (plan.exposures, plan.night_stages, plan.deferred, plan.waiting) == (
+            (), (), (), ()), lane
+        assert not plan.wants_hpss and not plan.draining
+
+
+def test_an_impossible_date_in_the_listing_is_skipped():
+    from scripts.remote import parse_listing
+
+    source = "/mountain/raw"
+    text = "".join(f"1790000000 {source}/{link}\0" for link in (
+        "20261131/00000001", f"{NIGHT}/00000002", "20260230/00000003"))
+    parsed = parse_listing(text, source, "20261001")
+    assert parsed.exposures == [(NIGHT, "00000002")]
+    assert parsed.malformed == ["/mountain/raw/20261131/00000001",
+                                "/mountain/raw/20260230/00000003"]
+    # A listing made by other code (not the parser) with such a night: skipped, no crash.
+    forged = observation(**{S: seen([("20261131", "00000001"), (NIGHT, "00000002")])})
+    for lane in ("exposures", "nights", None):
+        plan = make_plan(config(), forged, lane)
+        assert all(n == NIGHT for _, n, _ in plan.exposures)
+        assert all(s.night == NIGHT for s in plan.night_stages)
+        assert all(n == NIGHT for _, n, _ in plan.waiting)
+
+
+def test_an_impossible_date_in_the_state_is_skipped(tmp_path):
+    from scripts.configuration import Stream
+    from scripts.observe import observe_stream
+    from scripts.state_layout import marker_path
+
+    bad = marker_path(tmp_path, S, "20261131", "00000001", "installed")
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{}")
+    good = marker_path(tmp_path, S, "20261126", "00000002", "installed")
+    good.parent.mkdir(parents=True)
+    good.write_text("{}")
+    cfg = config(state=str(tmp_path), backup={"backend": "none"})
+    stream = Stream(S, "/mountain/raw", tmp_path / "staging", tmp_path / "archive",
+                    "desi/spectro/data", "checksum-{exposure}.sha256sum")
+    seen_ = observe_stream(cfg, stream, listing(), NOW, "20261101", "nights", preview=True)
+    assert seen_.marker_nights == ("20261126",) and "20261131" not in seen_.nights
+    plan = make_plan(cfg, Observation(NOW, {S: seen_}), "nights")
+    assert [(s.night, s.stage, s.from_state) for s in plan.night_stages] == [
+        ("20261126", "caughtup", True)]
+    # A hand-made observation that holds the impossible night: skipped, no crash.
+    forged = observation(**{S: seen([], installed=[("20261131", "00000001")],
+                                    marker_nights=["20261131"])})
+    assert make_plan(config(), forged, "nights").night_stages == ()

@@ -319,12 +319,15 @@ def test_rebuild_reads_only_the_nights_that_changed(known, monkeypatch):
 def test_report_judges_the_nights(known):
     report = status.build_report(known)
     states = {n.night: n.state for n in report.nights}
-    assert states == {"20261101": status.NIGHT_ATTENTION, "20261230": status.NIGHT_PROGRESS,
+    # 20261230 waits for HPSS and 20270101 for an exposure: both backups are more
+    # than alerts.backup_late_after (a day) late, and that needs a person.
+    assert states == {"20261101": status.NIGHT_ATTENTION, "20261230": status.NIGHT_ATTENTION,
                       "20261231": status.NIGHT_DONE, "20270101": status.NIGHT_ATTENTION,
                       "20270102": status.NIGHT_ATTENTION, "20270103": status.NIGHT_PROGRESS}
     problems = {(p.item, p.stage) for p in report.problems}
     assert problems == {("20261101", "backedup"), ("20270101/00001301", "checksummed"),
-                        ("20270101/00001302", "checksummed"), ("20270102", "backedup")}
+                        ("20270101/00001302", "checksummed"), ("20270102", "backedup"),
+                        ("20261230", "late"), ("20270101", "late")}
     held = next(p for p in report.problems if p.item == "20270101/00001302")
     assert held.reason == MISMATCH and held.attempts == 3
     assert str(failure_path(marker_path(known["state"], STREAM, "20270101", "00001302",
@@ -368,15 +371,17 @@ def test_command_one_night_and_failures(known, tmp_path, capsys):
     config.write_text(json.dumps(known))
     status.main(["--config", str(config), "--night", "20270101"])
     table, backlog = capsys.readouterr().out.split("\n\n")
-    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    rows = {line.split()[1]: line for line in table.splitlines()[1:]}  # stream, expid, …
     assert "20270101 backup: waiting for 1 exposure(s) to be installed: 00001303" in backlog
     assert list(rows) == ["00001300", "00001301", "00001302", "00001303"]
     assert "held" in rows["00001302"] and MISMATCH in rows["00001302"]
     assert "installed with errors" in rows["00001301"]
     status.main(["--config", str(config), "--failures", "--json"])
     problems = json.loads(capsys.readouterr().out)
-    assert {p["item"] for p in problems} == {"20261101", "20270101/00001301",
-                                             "20270101/00001302", "20270102"}
+    assert {(p["item"], p["stage"]) for p in problems} == {
+        ("20261101", "backup"), ("20270101/00001301", "verification"),
+        ("20270101/00001302", "verification"), ("20270102", "backup"),
+        ("20261230", "late data"), ("20270101", "late data")}
     assert all(p["action"] and p["record"] for p in problems)
     status.main(["--config", str(config), "--night", "20270102", "--json"])
     exposures = json.loads(capsys.readouterr().out)
@@ -418,16 +423,19 @@ def test_command_write_rebuilds_files_and_says_where_the_page_is(known, tmp_path
     assert year_file(known, "2027").read_text() == compact(expected_2027())
 
 
-def test_several_streams_get_a_directory_each(known):
+def test_the_first_stream_stays_in_status_and_further_streams_get_a_directory_each(known):
+    """DESI's own page reads the year files in STATUS: the first stream's stay there."""
     config = {**known, "streams": {**known["streams"], "OTHER": known["streams"][STREAM]}}
-    assert status.year_file_directory(config, STREAM) == Path(known["status"], STREAM)
+    assert status.year_file_directory(config, STREAM) == Path(known["status"])
+    assert status.year_file_directory(config, "OTHER") == Path(known["status"], "OTHER")
     assert status.year_file_directory(known, STREAM) == Path(known["status"])
 
 
 def test_unreadable_config_is_one_line(tmp_path, capsys):
     assert status.main(["--config", str(tmp_path / "missing.yaml")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read" in err
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("desitransfer: configuration ")  # the file read, then why not
+    assert len(lines) == 2 and "cannot read" in lines[1]
 
 
 def test_workflow_writes_the_status_files(site, tape):
@@ -458,14 +466,26 @@ def test_rebuild_after_run_never_fails_the_run(known, tmp_path):
 
 
 def test_only_a_drain_run_with_a_recent_page_leaves_the_rebuild_to_the_next_run(tmp_path):
-    from scripts.status.report import DRAIN_REBUILD_SECONDS, PAGE, rebuild_can_wait
+    from scripts.status.report import DRAIN_REBUILD_SECONDS, PAGE, PAGE_MARK, rebuild_can_wait
 
     config = {"state": str(tmp_path / "state"), "streams": {}}
     page = tmp_path / "state" / "status" / PAGE
     assert not rebuild_can_wait(config, draining=True)  # no page yet: build it
     page.parent.mkdir(parents=True)
-    page.write_text("<html></html>")
+    page.write_bytes(b"<!DOCTYPE html>" + PAGE_MARK + b"<html></html>")
     written = page.stat().st_mtime
     assert rebuild_can_wait(config, draining=True, now=written + 1)
     assert not rebuild_can_wait(config, draining=False, now=written + 1)
     assert not rebuild_can_wait(config, draining=True, now=written + DRAIN_REBUILD_SECONDS)
+
+
+def test_empty_listings_are_counted_only_after_a_listing_that_found_links():
+    from scripts.status.run_records import next_empty_count
+
+    fresh = next_empty_count({}, 0, "t0")
+    assert fresh["runs"] == 0 and not fresh["listed"]  # a new stream may list nothing yet
+    seen = next_empty_count(fresh, 3, "t1")
+    first = next_empty_count(seen, 0, "t2")
+    second = next_empty_count(first, 0, "t3")
+    assert (first["runs"], second["runs"], second["since"]) == (1, 2, "t2")
+    assert next_empty_count(second, 1, "t4")["runs"] == 0

@@ -6,6 +6,11 @@
     python -m scripts.status --latency                       # published → installed
     python -m scripts.status --json ...                      # the same for machines
     python -m scripts.status --write                         # rebuild files and page
+    python -m scripts.status --report NIGHT > night.html     # one night, one HTML file
+    python -m scripts.status --stream NAME ...               # one stream only
+
+The configuration is ``--config``, else ``$DESITRANSFER_CONFIG``, else the bundled
+``config.yaml``; the file read is the first line on stderr (stdout is the output).
 
 Its default path reads the directories of the nights it shows and nothing else, and
 imports neither pandas nor the page code, so it stays fast however large the archive.
@@ -19,7 +24,14 @@ import json
 import sys
 
 import scripts.status.reading as reading
-from scripts.configuration import ConfigurationError, get_now, load_yaml, with_defaults
+from scripts.configuration import (
+    ConfigurationError,
+    announce_configuration,
+    find_configuration,
+    get_now,
+    read_configuration,
+    require_state,
+)
 from scripts.lanes import lane_activity
 from scripts.markers import read_record, valid_night
 from scripts.status.formatting import duration, format_table, human_bytes, lane_text, short_time
@@ -77,7 +89,8 @@ def _summary_text(row: dict) -> dict:
 
 def _exposure_text(row: dict) -> dict:
     latency = row["latency_seconds"]
-    return {"expid": row["expid"], "state": row["state"], "size": human_bytes(row["bytes"]),
+    return {"stream": row["stream"], "expid": row["expid"], "state": row["state"],
+            "size": human_bytes(row["bytes"]),
             "staged": short_time(row["staged"]), "verified": short_time(row["verified"]),
             "installed": short_time(row["installed"]),
             "backed up": short_time(row["backed_up"]),
@@ -136,7 +149,8 @@ def nights_output(config: dict, now: dt.datetime, night: str | None, count: int,
     if night:
         rows = [exposure_row(e) for n in nights for e in n.sorted_exposures()]
         text = format_table([_exposure_text(r) for r in rows]) if rows else (
-            f"Nothing recorded for night {night}.")
+            f"Nothing recorded for night {night} (stream"
+            f" {', '.join(config['streams']) or 'none'}).")
     else:
         rows = [summary_row(n) for n in nights]
         text = format_table([_summary_text(r) for r in rows])
@@ -157,7 +171,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m scripts.status",
         description="Show the transfer status, read from the state (markers and failure"
                     " records); --write rebuilds the status files and page.")
-    parser.add_argument("--config", default="config.yaml", help="configuration file")
+    parser.add_argument("--config", help="configuration file (default: $DESITRANSFER_CONFIG,"
+                                          " else config.yaml beside the Snakefile)")
+    parser.add_argument("--stream", help="this stream only (default: every stream)")
+    parser.add_argument("--report", metavar="NIGHT",
+                        help="one night as one self-contained HTML file on stdout: its"
+                             " exposures, their stages with times, failures and logs")
     parser.add_argument("--nights", type=int, default=10, help="how many recent nights")
     parser.add_argument("--night", help="the exposures of one night (YYYYMMDD)")
     parser.add_argument("--failures", action="store_true", help="what needs a person")
@@ -165,34 +184,69 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="publication → installed latency (median, p95, worst)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--write", action="store_true",
-                        help="rebuild STATUS/desi_transfer_status_YYYY.json and index.html")
+                        help="rebuild STATUS/desi_transfer_status_YYYY.json and index.html,"
+                             " and write the metrics file")
     args = parser.parse_args(argv)
-    if args.night is not None and not valid_night(args.night):
-        parser.error(f"--night {args.night}: expected YYYYMMDD, a real date")
+    for option, value in (("--night", args.night), ("--report", args.report)):
+        if value is not None and not valid_night(value):
+            parser.error(f"{option} {value}: expected YYYYMMDD, a real date")
     return args
 
 
 def load_config(path: str) -> tuple[dict, dt.datetime]:
-    """The configuration with its defaults, and the time it says it is.
+    """The configuration with its defaults, paths expanded, and the time it says it is.
 
     Raises
     ------
     ConfigurationError
-        One line naming the file and what is wrong.
+        One line naming the file and what is wrong; a state directory that does not
+        exist is one too (its report would be empty, not good).
     """
     try:
-        config = with_defaults(load_yaml(path))
+        config = read_configuration(path)
         config["state"], config["streams"]  # noqa: B018 (required keys)
+        require_state(config, path)
         return config, get_now(config)
     except KeyError as err:
         raise ConfigurationError(f"{path}: {err.args[0]} is required; see README.md, section"
                                  " Configuration") from None
 
 
+def only_stream(config: dict, name: str | None, path) -> dict:
+    """`config` with `name` its only stream (``--stream``); all of them without one.
+
+    Raises
+    ------
+    ConfigurationError
+        `name` is not a configured stream (one line naming them).
+    """
+    if name is None:
+        return config
+    if name not in config["streams"]:
+        raise ConfigurationError(f"--stream {name}: not a stream of {path} (streams:"
+                                 f" {', '.join(sorted(config['streams']))})")
+    return {**config, "streams": {name: config["streams"][name]}}
+
+
+def report_output(config: dict, now: dt.datetime, night: str, config_file) -> str:
+    """``--report NIGHT``: the night's HTML (scripts/status/night_report.py)."""
+    from scripts.status.night_report import night_report
+
+    nights = _chosen_nights(config, night, 1)
+    problems = [p for n in nights
+                for p in find_problems(n, config["state"], config["verify"]["max_attempts"])]
+    judge_nights(config, nights, problems, now, read_record(
+        reading.hpss_status_path(config["state"])))
+    return night_report(night, nights, config["state"], str(config_file), now)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
+    path, origin = find_configuration(args.config)
+    announce_configuration([path], origin)
     try:
-        config, now = load_config(args.config)
+        config, now = load_config(path)
+        config = only_stream(config, args.stream, path)
     except ConfigurationError as err:
         print(f"status: {err}", file=sys.stderr)
         return 2
@@ -200,9 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         try:
             written = write_status(config, now)
+            from scripts.metrics import write_metrics  # prometheus_client: only here
+
+            written.insert(-1, write_metrics(config, now))
         except OSError as err:
             print(f"status: cannot write the status files: {err}", file=sys.stderr)
             return 1
+    if args.report:
+        sys.stdout.write(report_output(config, now, args.report, path.absolute()))
+        return 0
     if args.failures:
         output = failures_output(config, now, args.json)
     elif args.latency:

@@ -30,6 +30,27 @@ def lane_text(lane: dict) -> str:
     return f"{name} lane: {state}"
 
 
+def lane_line(lane: dict) -> str:
+    """The status page's short line for a lane: state, since when, what (the whole of
+    `lane_text` goes in its tooltip)."""
+    name, state = lane["lane"], lane["state"]
+    if state == "running":
+        what = [f"{lane[k]} {word}" for k, word in (("exposures", "exposure(s)"),
+                                                    ("night_stages", "night stage(s)"))
+                if isinstance(lane.get(k), int) and lane[k]]
+        return (f"{name} lane: running since {short_time(lane.get('started'))}"
+                + "".join(f" · {w}" for w in what))
+    if state == "idle":
+        code = lane.get("returncode")
+        return (f"{name} lane: idle since {short_time(lane.get('finished'))}"
+                + ("" if code is None else f" · last run {'ok' if code == 0 else 'failed'}"))
+    if state == "killed":
+        return f"{name} lane: killed, run of {short_time(lane.get('started'))}"
+    if state == "starting":
+        return f"{name} lane: starting (listing, planning)"
+    return f"{name} lane: {'no run yet' if state == 'never' else state}"
+
+
 def short_time(value: Any) -> str:
     """``11-29 02:11:46``: a night spans two UTC dates, so the date stays."""
     when = value if isinstance(value, dt.datetime) else parse_time(value)

@@ -69,7 +69,16 @@ class ExposureStatus:
 
     @property
     def held(self) -> bool:
-        return any(self.failures.get(s, {}).get("held") for s in ("staged", "checksummed"))
+        """Held by policy (a failure record says so) or by a person (``held``)."""
+        return "held" in self.stages or any(
+            self.failures.get(s, {}).get("held") for s in ("staged", "checksummed"))
+
+    def hold_text(self) -> str:
+        """``held by NAME at TIME`` for a person's hold, else empty."""
+        hold = self.stages.get("held")
+        if hold is None:
+            return ""
+        return f"held by {hold.get('by', '?')} at {hold.get('time', '?')}"
 
     @property
     def verification(self) -> str:
@@ -122,9 +131,11 @@ class ExposureStatus:
         return max(0.0, (installed - start).total_seconds()), basis
 
     def failure_text(self) -> str:
-        """Every failure record in one line: ``stage: reason (attempt N)``."""
-        return "; ".join(f"{stage}: {f.get('reason', '?')} (attempt {f.get('attempts', '?')})"
-                         for stage, f in self.failures.items())
+        """Every failure record in one line: ``stage: reason (attempt N)``, and a
+        person's hold."""
+        parts = [f"{stage}: {f.get('reason', '?')} (attempt {f.get('attempts', '?')})"
+                 for stage, f in self.failures.items()]
+        return "; ".join([*([self.hold_text()] if "held" in self.stages else []), *parts])
 
 
 @dataclass

@@ -23,7 +23,7 @@ import scripts.status.plots as plots
 from scripts.escaping import printable
 from scripts.markers import write_bytes_atomic
 from scripts.status.backlog import due_time
-from scripts.status.formatting import duration, human_bytes, lane_text, short_time
+from scripts.status.formatting import duration, human_bytes, lane_line, lane_text, short_time
 from scripts.status.model import (
     HELD,
     INSTALLED,
@@ -153,7 +153,7 @@ def environment() -> jinja2.Environment:
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              finalize=_printable, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(short_time=short_time, human_bytes=human_bytes, duration=duration,
-                       lane_text=lane_text,
+                       lane_text=lane_text, lane_line=lane_line,
                        printable=printable)
     env.globals.update(stage_cell=stage_cell, installed_count=installed_count,
                        backup_cell=backup_cell, night_summary=night_summary,

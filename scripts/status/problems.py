@@ -24,11 +24,17 @@ listing
 lane run
     a lane no run of which has ended for longer than its time limit (a hung run, or
     its lock held by something else).
+late data (`scripts.status.late`)
+    an exposure published more than ``alerts.late_after`` seconds ago and not
+    installed; a night whose backup has been due for more than
+    ``alerts.backup_late_after`` seconds and that has no backup.
 checksum lock
     the mountain's checksum lock older than ``remote.checksum_lock_max_age``: nothing
     is transferred while it exists, so an abandoned one stops every stream.
 configuration
     a refused configuration (nothing runs until it is fixed).
+held by a person (``EXPID.held``, ``python -m scripts.control hold``)
+    shown with who and since when until it is released: the night went on without it.
 tape recall (``STATE/.recall/mismatches.json``)
     each member a recall found bad (its content differs from its checksum file, or it
     could not be recalled), until a later recall finds it good (every recall checks
@@ -49,16 +55,21 @@ from pathlib import Path
 
 from scripts.escaping import printable
 from scripts.lanes import stalled_lanes
-from scripts.markers import FAILED, failure_path, marker_path, read_record
+from scripts.markers import FAILED, failure_path, marker_path, read_record, valid_expid
 from scripts.remote import first_night
 from scripts.run_lock import LANES
 from scripts.state_layout import (
+    HOLD,
     configuration_path,
+    empty_listing_path,
+    hold_path,
     night_directory,
     recall_marker_path,
     recall_mismatches_path,
     unreachable_path,
 )
+from scripts.status.formatting import duration
+from scripts.status.late import LateExposure, LateNight, read_late
 from scripts.status.model import NightStatus
 from scripts.status.reading import (
     NightFiles,
@@ -73,7 +84,10 @@ from scripts.time_limits import lane_seconds
 LABELS = {"staged": "staging", "checksummed": "verification", "installed": "install",
           "updated": "catch-up", "caughtup": "catch-up", "backedup": "backup",
           "listing": "listing", "configuration": "configuration",
-          "checksum_lock": "checksum lock", "lane": "lane run", "recall": "tape recall"}
+          "checksum_lock": "checksum lock", "lane": "lane run", HOLD: "held by a person",
+          "late": "late data", "recall": "tape recall"}
+#: Stages whose label says the state itself ("late data"), not a failed step.
+STATE_STAGES = ("late",)
 ALL_STREAMS = "all streams"
 STALE_ACTION = "back it up by hand or raise lookback_nights"
 
@@ -221,24 +235,88 @@ def stream_problems(config: dict, stream: str, now: dt.datetime,
             # Which night-level markers exist is all `night_action` needs of them.
             status.stages = {n[9:]: {} for n in files.files if not n.endswith(FAILED)}
             out += find_problems(status, state, config["verify"]["max_attempts"])
+        out += person_holds(state, stream, night, names)
         stale = _stale_backup(config, stream, night, files, names, oldest)
         if stale is not None:
             out.append(stale)
-    return out + malformed_links(state, stream)
+    return out + malformed_links(state, stream) + late_problems(config, stream, now, index)
 
 
-def malformed_links(state: str | os.PathLike, stream: str) -> list[Problem]:
-    """One problem per malformed link in the stream's last listing."""
+def _utc(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def late_exposure_problem(config: dict, late: LateExposure) -> Problem:
+    """An exposure not installed `alerts.late_after` seconds after its publication."""
+    marker = marker_path(config["state"], late.stream, late.night, late.expid, "installed")
+    return Problem(
+        late.stream, late.night, late.expid, "late",
+        f"published at the mountain {duration(late.seconds)} ago ({_utc(late.published)})"
+        f" and not installed (alerts.late_after: {config['alerts']['late_after']} s)",
+        "", _utc(late.published),
+        "find why it is not installed: its other problems here, the backlog, its rule"
+        " logs under STATE/logs; this clears when it is installed", str(marker))
+
+
+def late_night_problem(config: dict, late: LateNight) -> Problem:
+    """A night not on tape `alerts.backup_late_after` seconds after its backup was due."""
+    marker = marker_path(config["state"], late.stream, late.night, None, "backedup")
+    return Problem(
+        late.stream, late.night, None, "late",
+        f"backup due since {_utc(late.due)} ({duration(late.seconds)} ago, more than"
+        f" alerts.backup_late_after: {config['alerts']['backup_late_after']} s) and the"
+        " night is not on tape", "", _utc(late.due),
+        "see the backlog for why it waits (HPSS, a failing backup, exposures not"
+        " installed); this clears when the night is backed up", str(marker))
+
+
+def late_problems(config: dict, stream: str, now: dt.datetime, index: dict[str, NightFiles],
+                  **known) -> list[Problem]:
+    """Late exposures and late nights of a stream (`scripts.status.late.read_late`,
+    which takes what the caller has read already as `known`)."""
+    exposures, nights = read_late(config, stream, now, index, **known)
+    return ([late_exposure_problem(config, e) for e in exposures]
+            + [late_night_problem(config, n) for n in nights])
+
+
+def person_holds(state: str | os.PathLike, stream: str, night: str,
+                 names: list[str]) -> list[Problem]:
+    """The exposures of a night a person holds (``EXPID.held``), with who and when."""
+    out = []
+    for name in sorted(names):
+        expid, _, rest = name.partition(".")
+        if rest != HOLD or not valid_expid(expid):
+            continue
+        path = hold_path(state, stream, night, expid)
+        record = read_record(path) or {}
+        who, when = str(record.get("by", "?")), str(record.get("time", ""))
+        out.append(Problem(
+            stream, night, expid, HOLD, printable(f"held by {who} at {when}"
+                                                  + (f": {record['why']}" if record.get("why")
+                                                     else "")),
+            "", printable(when),
+            printable(f"its night goes on without it; give it back with: python -m"
+                      f" scripts.control release {night}/{expid} --stream {stream}"),
+            printable(str(path))))
+    return out
+
+
+def malformed_links(state: str | os.PathLike, stream: str,
+                    listing: dict | None = None) -> list[Problem]:
+    """One problem per malformed link in the stream's last listing (its cache, or
+    `listing` when the caller has read it)."""
     path = listing_cache_path(state, stream)
-    listing = read_record(path) or {}
+    listing = read_record(path) or {} if listing is None else listing
     return [Problem(stream, "", None, "listing", "malformed symlink", "", "",
                     "a link on the mountain is not SOURCE/NIGHT/EXPID; it is skipped. Fix or"
                     " remove it at the mountain", str(path), subject_item=printable(link))
             for link in listing.get("malformed", [])]
 
 
-def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> list[Problem]:
-    """The problems of the whole run: a refused configuration, an unreachable mountain."""
+def run_problems(config: dict, config_file: str | os.PathLike | None = None,
+                 listings: dict | None = None) -> list[Problem]:
+    """The problems of the whole run: a refused configuration, an unreachable mountain.
+    `listings`: see `checksum_lock_problem`."""
     state = config["state"]
     out = []
     refused = read_record(configuration_path(state))
@@ -259,9 +337,9 @@ def run_problems(config: dict, config_file: str | os.PathLike | None = None) -> 
             runs, unreachable.get("since", ""),
             "check the host, the network and the ssh keys; transfers resume by themselves",
             str(unreachable_path(state)), subject_item=printable(host)))
-    lock = checksum_lock_problem(config)
-    return [*out, *([] if lock is None else [lock]), *lane_problems(config),
-            *recall_problems(config)]
+    lock = checksum_lock_problem(config, listings)
+    return [*out, *empty_listings(config), *([] if lock is None else [lock]),
+            *lane_problems(config), *recall_problems(config)]
 
 
 RECALL_ACTION = ("the member on tape differs from its checksum file or cannot be read:"
@@ -303,9 +381,37 @@ def recall_problems(config: dict) -> list[Problem]:
     return out
 
 
-def checksum_lock_problem(config: dict) -> Problem | None:
+def empty_listings(config: dict) -> list[Problem]:
+    """The streams that listed exposures before and found no link at all for
+    ``alerts.unreachable_runs`` runs in a row (the original's "No links found, check
+    connection.")."""
+    streams, alerts = config.get("streams"), config.get("alerts")
+    if not (isinstance(streams, dict) and isinstance(alerts, dict)):
+        return []
+    out = []
+    for stream in streams:
+        path = empty_listing_path(config["state"], stream)
+        record = read_record(path) or {}
+        runs = record.get("runs", 0)
+        if not (isinstance(runs, int) and runs >= alerts.get("unreachable_runs", 3)):
+            continue
+        source = str(record.get("source") or (streams[stream] or {}).get("source", "?"))
+        host = str(config.get("remote", {}).get("host", "?"))
+        out.append(Problem(
+            stream, "", None, "listing",
+            printable(f"no links found at {source}, check the connection ({runs}"
+                      " consecutive runs, after listings that found some)"),
+            runs, printable(str(record.get("since", ""))),
+            "check the mountain host, its disk and the stream's source; transfers resume"
+            " by themselves", printable(str(path)), subject_item=printable(f"{host}:{source}")))
+    return out
+
+
+def checksum_lock_problem(config: dict, listings: dict | None = None) -> Problem | None:
     """The mountain's checksum lock, when the last listing of any stream found it older
-    than ``remote.checksum_lock_max_age``; the work stays held back while it exists."""
+    than ``remote.checksum_lock_max_age``; the work stays held back while it exists.
+    `listings` (stream -> ``{"locked", "lock_age"}``) are the caller's own listings,
+    the cache's content: the cache of the streams it lacks is read."""
     remote, state, streams = config.get("remote"), config["state"], config.get("streams")
     # Also read after a refused configuration: whatever it holds, no exception here.
     if not (isinstance(remote, dict) and isinstance(streams, dict)):
@@ -316,7 +422,7 @@ def checksum_lock_problem(config: dict) -> Problem | None:
     oldest, where = None, None
     for stream in streams:
         path = listing_cache_path(state, stream)
-        listing = read_record(path) or {}
+        listing = (listings or {}).get(stream) or read_record(path) or {}
         age = listing.get("lock_age")
         if (listing.get("locked") and isinstance(age, (int, float)) and age > limit
                 and (oldest is None or age > oldest)):

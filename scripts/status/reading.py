@@ -23,6 +23,7 @@ from scripts.markers import (
     write_json_atomic,
 )
 from scripts.state_layout import (
+    HOLD,
     hpss_status_path,
     listing_cache_path,
     night_directory,
@@ -30,8 +31,9 @@ from scripts.state_layout import (
 )
 from scripts.status.model import ExposureStatus, NightStatus
 
-#: Exposure records the status reads: the stages, and the catch-up's ``updated``.
-EXPOSURE_RECORDS = (*EXPOSURE_STAGES, "updated")
+#: Exposure records the status reads: the stages, the catch-up's ``updated``, and a
+#: person's hold (``held``).
+EXPOSURE_RECORDS = (*EXPOSURE_STAGES, "updated", HOLD)
 
 
 @dataclass
@@ -43,11 +45,14 @@ class NightFiles:
     files: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (mtime, size)
 
 
-def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False) -> dict[str, NightFiles]:
+def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False,
+                since: str = "", before: list[str] | None = None) -> dict[str, NightFiles]:
     """The nights of a stream from one ``scandir`` of ``STATE/STREAM``.
 
     With `stat`, the modification times that fingerprint each night are read too
-    (one ``stat`` per night directory and per night-level marker).
+    (one ``stat`` per night directory and per night-level marker). With `since`
+    (``YYYYMMDD``), only the nights from that one on (the others cost a comparison;
+    their names are appended to `before` when it is given).
     """
     nights: dict[str, NightFiles] = {}
     try:
@@ -57,6 +62,10 @@ def scan_stream(state: str | os.PathLike, stream: str, stat: bool = False) -> di
     with entries:
         for entry in entries:
             name, night = entry.name, entry.name[:8]
+            if night < since:
+                if before is not None:
+                    before.append(name)
+                continue
             if not valid_night(night):
                 continue
             if len(name) == 8 and entry.is_dir():
@@ -157,7 +166,11 @@ def read_night(state: str | os.PathLike, stream: str, night: str,
 def read_listing(state: str | os.PathLike, stream: str) -> tuple[dict[str, set[str]],
                                                                  dt.datetime | None]:
     """The last listing of the mountain: NIGHT → published EXPIDs, and when it was made."""
-    record = read_record(listing_cache_path(state, stream)) or {}
+    return listing_of(read_record(listing_cache_path(state, stream)) or {})
+
+
+def listing_of(record: dict) -> tuple[dict[str, set[str]], dt.datetime | None]:
+    """`read_listing` of a listing cache's record already read."""
     nights: dict[str, set[str]] = {}
     for item in record.get("exposures", []):
         # A cache written before a check existed may hold an impossible date.

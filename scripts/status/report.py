@@ -20,11 +20,18 @@ from scripts.status.backlog import classify, night_backlog
 from scripts.status.latency import LatencySummary, latency_summary
 from scripts.status.model import BacklogItem, NightStatus
 from scripts.status.problems import Problem, run_problems, stream_problems
-from scripts.status.year_files import write_year_files
+from scripts.status.year_files import public_directory, write_year_files
 
 log = logging.getLogger("status")
 
 PAGE = "index.html"
+#: The workflow's page when ``STATUS/index.html`` is not its own (DESI's status page,
+#: whose JavaScript reads the year files beside it): that one is never overwritten.
+OWN_PAGE = "transfer.html"
+#: What marks a page this workflow wrote (the template's second line); the footer
+#: words recognise a page of a version written before the mark.
+PAGE_MARK = b"<!-- desitransfer-workflow status page -->"
+OLD_PAGE_MARK = b"by desitransfer-workflow"
 PAGE_NIGHTS = 30
 #: The problems the page shows (their keys), beside it: a run that changes none of the
 #: state's records can still bring a new problem (a stale lock, a stalled lane).
@@ -53,9 +60,30 @@ class Report:
 
 
 def year_file_directory(config: dict, stream: str) -> Path:
-    """Where a stream's year files go: STATUS itself, or STATUS/STREAM with several streams."""
+    """Where a stream's year files go: the first stream's in STATUS itself, where DESI's
+    own status page (``index.html`` and its JavaScript) reads them; every further
+    stream's in ``STATUS/STREAM``."""
     base = status_directory(config)
-    return base if len(config["streams"]) == 1 else base / stream
+    return base if stream == next(iter(config["streams"])) else base / stream
+
+
+def is_own_page(path: Path) -> bool:
+    """Whether the page at `path` was written by this workflow (absent: it may be)."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return True
+    except OSError:  # unreadable: not ours to replace
+        return False
+    return PAGE_MARK in content[:4096] or OLD_PAGE_MARK in content
+
+
+def page_path(config: dict) -> Path:
+    """Where the workflow's page goes: ``STATUS/index.html`` unless that file is
+    someone else's (DESI's own page), then ``STATUS/transfer.html``."""
+    directory = status_directory(config)
+    index = directory / PAGE
+    return index if is_own_page(index) else directory / OWN_PAGE
 
 
 def recent_nights(config: dict, stream: str, count: int,
@@ -83,8 +111,9 @@ def judge_nights(config: dict, nights: list[NightStatus], problems: list[Problem
 
 
 def build_report(config: dict, now: dt.datetime | None = None,
-                 nights: int = PAGE_NIGHTS) -> Report:
-    """Read the state into what the page shows: recent nights, problems, backlog."""
+                 nights: int = PAGE_NIGHTS, ending_run: str | None = None) -> Report:
+    """Read the state into what the page shows: recent nights, problems, backlog
+    (`ending_run`: see `write_status`)."""
     config = with_defaults(config)
     now = now or get_now(config)
     state = config["state"]
@@ -99,13 +128,16 @@ def build_report(config: dict, now: dt.datetime | None = None,
     shown.sort(key=lambda n: (n.night, n.stream), reverse=True)
     latency = latency_summary(e for n in shown for e in n.exposures.values())
     return Report(dt.datetime.now(dt.UTC), now, config, shown, problems, backlog, hpss,
-                  listings, latency, lane_activity(state),
+                  listings, latency, lane_activity(state, ending_run),
                   recall=read_record(recall_record_path(state)))
 
 
 def write_status(config: dict, now: dt.datetime | None = None, page: bool = True,
-                 settle: float | None = None) -> list[Path]:
+                 settle: float | None = None, ending_run: str | None = None) -> list[Path]:
     """Rebuild every status file from the state: the year files, then the page.
+
+    `ending_run` is the run that rebuilds as it ends (Snakemake's onsuccess/onerror):
+    the page shows its lanes as they are after it, not running.
 
     Returns
     -------
@@ -114,6 +146,7 @@ def write_status(config: dict, now: dt.datetime | None = None, page: bool = True
     """
     config = with_defaults(config)
     directory = status_directory(config)
+    public_directory(directory)
     files = []
     for stream in config["streams"]:
         extra = {} if settle is None else {"settle": settle}
@@ -122,9 +155,13 @@ def write_status(config: dict, now: dt.datetime | None = None, page: bool = True
     if page:
         from scripts.status.page import write_page  # Jinja2 and pandas: only for the page
 
-        report = build_report(config, now)
+        report = build_report(config, now, ending_run=ending_run)
         report.year_files = [str(f.relative_to(directory)) for f in files]
-        files.append(write_page(report, directory / PAGE))
+        path = page_path(config)
+        if path.name != PAGE and not path.exists():
+            log.warning("%s is not this workflow's page (DESI's own status page?): it is"
+                        " left alone; the workflow's page is %s", directory / PAGE, path)
+        files.append(write_page(report, path))
         write_json_atomic(directory / PAGE_PROBLEMS,
                           {"keys": sorted(p.key for p in report.problems)})
     return files
@@ -159,13 +196,13 @@ def rebuild_can_wait(config: dict, draining: bool, now: float | None = None) -> 
     if not draining:
         return False
     try:
-        written = (status_directory(config) / PAGE).stat().st_mtime
+        written = page_path(config).stat().st_mtime
     except OSError:
         return False
     return (time.time() if now is None else now) - written < DRAIN_REBUILD_SECONDS
 
 
-def rebuild_after_run(config: dict) -> str:
+def rebuild_after_run(config: dict, ending_run: str | None = None) -> str:
     """Snakemake's onsuccess/onerror (and the cron entry after a refused configuration):
     rebuild the status files; one line for the log.
 
@@ -180,7 +217,7 @@ def rebuild_after_run(config: dict) -> str:
         handler = _status_log(config)
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-        files = write_status(config)
+        files = write_status(config, ending_run=ending_run)
         line = (f"Status files rebuilt from the state in {time.monotonic() - start:.1f} s;"
                 f" status page: {files[-1].absolute()}")
         log.info(line)

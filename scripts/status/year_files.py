@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,19 @@ ROWS_VERSION = 2
 SETTLE_SECONDS = 2.0
 #: Status files are read by the web server and DESI's tools.
 PUBLIC_MODE = 0o644
+#: And their directories traversed (the cron entry's umask would make them 0o750).
+PUBLIC_DIR_MODE = 0o755
+
+
+def public_directory(directory: str | os.PathLike) -> Path:
+    """Make `directory` (and its missing parents) and open it to the web server
+    (`PUBLIC_DIR_MODE`) when it is the workflow's own; return it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != PUBLIC_DIR_MODE:
+        os.chmod(directory, PUBLIC_DIR_MODE)
+    return directory
 
 
 def _newest(*records: dict | None) -> dict | None:
@@ -121,7 +135,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fingerprint(info: reading.NightFiles, newest_allowed: int) -> str | None:
+def night_fingerprint(info: reading.NightFiles, newest_allowed: int) -> str | None:
     """What a night's rows depend on, or None while the night may still be changing.
 
     Markers are written by rename, which changes the night directory's mtime; the
@@ -241,11 +255,10 @@ def write_year_files(state: str | os.PathLike, stream: str, directory: str | os.
     list of Path
         The year files, written or already up to date.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = public_directory(directory)
     newest_allowed = time.time_ns() - int(settle * 1e9)
     index = reading.scan_stream(state, stream, stat=True)
-    fingerprints = {n: _fingerprint(info, newest_allowed) for n, info in index.items()}
+    fingerprints = {n: night_fingerprint(info, newest_allowed) for n, info in index.items()}
     manifest = read_record(directory / MANIFEST) or {}
     if manifest.get("version") != ROWS_VERSION or manifest.get("stream") != stream:
         manifest = {"files": manifest.get("files", {}), "nights": {}}
