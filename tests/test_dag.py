@@ -102,5 +102,6 @@ def test_a_scope_that_names_no_night_is_one_line(site):
     result = site.run("--dag", "--config", "night=20261131", check=False)
     assert result.returncode != 0 and result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.startswith("desitransfer:")]
-    assert lines == [f"desitransfer: {site.config_file}: night: '20261131' is no night;"
+    assert lines == [f"desitransfer: configuration {site.config_file} (--configfile)",
+                     f"desitransfer: {site.config_file}: night: '20261131' is no night;"
                      " give YYYYMMDD, a real date"], result.stderr[-2000:]

@@ -86,6 +86,7 @@ class Tapes:
             "streams": {STREAM: {"source": str(root / "mountain"), "staging": str(root / "staging"),
                                  "destination": str(self.destination), "hpss": HPSS,
                                  "checksum_file": "checksum-{exposure}.sha256sum"}}}
+        self.state.mkdir(exist_ok=True)  # the tools refuse a state that does not exist
         self.config_file = root / "config.yaml"
         self.config_file.write_text(yaml.safe_dump(self.raw))
         self.config = load_configuration(self.config_file)
