@@ -8,6 +8,8 @@ import time
 from conftest import NIGHT, STREAM, planned_jobs
 from loopback_sshd import free_port
 
+from scripts.configuration import ANNOUNCEMENT
+
 
 def over_ssh(site, sshd, **remote):
     site.config["remote"].update(host=sshd["host"], ssh=sshd["ssh"], **remote)
@@ -61,7 +63,8 @@ def test_ssh_to_a_dead_port_is_one_clear_error(site, sshd):
     site.exposure("00002020")
     result = site.run("-n", check=False)
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("desitransfer:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("desitransfer:")
+              and not line.startswith(ANNOUNCEMENT)]
     assert len(errors) == 1 and "cannot reach" in errors[0] and "ssh status 255" in errors[0]
 
 
