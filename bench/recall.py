@@ -85,6 +85,7 @@ def prepare(size: int) -> dict:
     for backend in ("tar", "htar"):
         config = base_config(ROOT, ROOT / "mountain", "2026-11-28T21:00:00Z", backend="tar")
         config["state"] = str(ROOT / f"state-{backend}")
+        Path(config["state"]).mkdir(parents=True, exist_ok=True)  # the audit refuses none
         if backend == "htar":
             config["backup"] = {"backend": "htar", "hpss_status": "", "timeout": 3600,
                                 "hpss_bin": str(REPO / "tests" / "hpss_emulator")}
