@@ -76,10 +76,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--audit-size", type=float, metavar="GB",
                         help="case 6: GB of exposure data in the audited archive (default 10,"
                              " 1 with --quick)")
+    parser.add_argument("--fresh-periods", metavar="N,N",
+                        help="case 5: the cron periods to run (default 10,60; 10 with --quick)")
     opts = parser.parse_args(argv)
-    audit_size = opts.audit_size
+    audit_size, fresh_periods = opts.audit_size, opts.fresh_periods
     for name, (full, quick) in SIZES.items():
         setattr(opts, name, quick if opts.quick else full)
+    if fresh_periods is not None:
+        try:
+            opts.fresh_periods = tuple(int(n) for n in fresh_periods.split(","))
+        except ValueError:
+            parser.error("--fresh-periods: whole seconds, comma-separated (10,60)")
     if audit_size is not None:
         if audit_size <= 0:
             parser.error("--audit-size must be positive")
