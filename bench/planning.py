@@ -4,7 +4,7 @@ The mountain publishes 10 nights × 300 exposures (links to empty directories), 
 installed, and an older night of 100 exposures, all installed (its 300 markers are
 read as a run reads them). A run of the exposure lane observes
 (lists the mountain with ``find``, reads the markers of the listed nights) and makes
-its plan, bounded at ``exposures_per_run`` (20): scripts/observe.py then
+its plan, bounded at ``exposures_per_run`` (its default): scripts/observe.py then
 scripts/plan.py, as the Snakefile's parse and the cron entry call them.
 
 Measured in a fresh process (``python -m bench.planning CONFIG``, which prints its
