@@ -259,20 +259,22 @@ def run_lane(state: Path, lane: str, lock, run_id: str,
     return result
 
 
-def lane_plan(config: dict, config_file: Path, lane: str, run_id: str) -> Plan | None:
+def lane_plan(config: dict, config_file: Path, lane: str, run_id: str,
+              preview: bool) -> Plan | None:
     """What the run `run_id` of `lane` does: the same observation (scripts/observe.py)
     and the same pure plan (scripts/plan.py) the run's own parse makes.
 
     The observation is the run's: its listing is cached for `run_id`, so the run's
     parse plans from that very listing (one listing a run, ``remote.listing_cache``
     permitting), and its lock is held, so no other run changes the exposure markers
-    in between. None when the configuration cannot be planned from: the run itself
-    then says why, in one line.
+    in between. A preview (``-n`` handed to Snakemake) plans as a preview: nothing
+    written, not even the listing cache. None when the configuration cannot be planned
+    from: the run itself then says why, in one line.
     """
     from scripts.next_run import plan_run
 
     try:
-        return plan_run(config, config_file, lane, run_id)
+        return plan_run(config, config_file, lane, run_id, preview=preview)
     except ConfigurationError:
         return None
 
@@ -313,7 +315,8 @@ def drain_exposures(state: Path, config: dict, config_file: Path, lock, command:
     results = []
     for round_ in range(1, MAX_ROUNDS + 1):
         run_id = given or f"{invocation}.{round_}"
-        plan = lane_plan(config, config_file, "exposures", run_id)
+        plan = lane_plan(config, config_file, "exposures", run_id,
+                         preview=bool(preview_kind(command)))
         if nothing_listed(plan):
             results.append(unlisted_run(state, "exposures", run_id, plan))
             break

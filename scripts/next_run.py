@@ -69,9 +69,11 @@ def plan_lanes(config: dict, lanes: Sequence[str]) -> dict[str, Plan]:
     return plans
 
 
-def plan_run(config: dict, config_file: Path, lane: str, run_id: str) -> Plan:
+def plan_run(config: dict, config_file: Path, lane: str, run_id: str,
+             preview: bool = False) -> Plan:
     """The plan of the run `run_id` of `lane`, observed as that run's parse observes
-    (not a preview: its listing is cached for `run_id`, and the parse reuses it).
+    (its listing is cached for `run_id`, and the parse reuses it), or, for a run that
+    is a preview, as a preview observes: nothing written.
 
     Raises
     ------
@@ -82,10 +84,10 @@ def plan_run(config: dict, config_file: Path, lane: str, run_id: str) -> Plan:
     now = get_now(config)
     start = first_night(now, config["lookback_nights"])
     observation = observe(config, get_streams(config), now, start, lane, run_id,
-                          preview=False)
+                          preview=preview)
     plan = make_plan(config, observation, lane)
     if plan.wants_hpss:
-        observation = with_hpss(config, observation, plan, preview=False)
+        observation = with_hpss(config, observation, plan, preview=preview)
         plan = make_plan(config, observation, lane)
     return plan
 

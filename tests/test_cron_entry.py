@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import NIGHT, REPO
+from conftest import NIGHT, REPO, STREAM
 from loopback_sshd import free_port
+
+from scripts.state_layout import listing_cache_path
 
 CRON = [sys.executable, str(REPO / "scripts" / "cron_entry.py")]
 
@@ -85,6 +87,19 @@ def test_second_invocation_while_a_run_holds_the_lock_exits_at_once(site):
     assert cron(site).returncode == 0  # once released, the next run transfers
     assert site.installed(NIGHT, "00004010").is_dir()
 
+
+
+def test_a_preview_through_the_cron_entry_plans_without_writing_the_listing(site):
+    """The entry plans each exposure-lane run itself (scripts/next_run.py): for a
+    preview it observes as a preview does, so no listing cache, no staging."""
+    site.exposure("00004015")
+    result = cron(site, "--lane", "exposures", "-n")
+    assert result.returncode == 0, result.stderr
+    assert "00004015" in cron_log(site)  # Snakemake's dry run planned it
+    assert not listing_cache_path(site.state, STREAM).exists()
+    assert not site.staging.exists()
+    assert cron(site, "--lane", "exposures").returncode == 0  # a real run writes it
+    assert listing_cache_path(site.state, STREAM).exists()
 
 def test_run_logs_rotates_and_prunes_and_keeps_files_private(site):
     site.exposure("00004020")
