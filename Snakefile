@@ -12,9 +12,11 @@ min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)
 from scripts.configuration import (
+    ConfigurationError,
     announce_configuration,
     describe_validation_error,
     find_configuration,
+    load_yaml,
 )
 from scripts.lanes import start_activity
 from scripts.run_lock import RunLockBusy, hold
@@ -27,6 +29,10 @@ if workflow.overwrite_configfiles:
     CONFIG_ORIGIN = "--configfile"
 else:
     CONFIG_FILE, CONFIG_ORIGIN = find_configuration()
+    try:  # a file Snakemake's reader would refuse with a traceback: one line instead
+        load_yaml(CONFIG_FILE)
+    except ConfigurationError as err:
+        sys.exit(f"desitransfer: {err}")
 
     configfile: CONFIG_FILE
 

@@ -471,6 +471,10 @@ def test_a_bad_configuration_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.decode().splitlines() == [
         f"desitransfer: configuration {bad} (argument)",
         f"audit: {bad}: line 2 is not valid YAML; fix it"]
+    bad.write_bytes(b"state: /data/caf\xe9\n")  # not UTF-8: one line, no traceback
+    result = audit(bad)
+    assert (result.returncode, result.stderr.decode().splitlines()[1:]) == (
+        2, [f"audit: {bad}: byte 17 is not UTF-8 text; save the file as UTF-8"])
     bad.write_text(yaml.safe_dump({"state": "s", "remote": {"host": "local"}}))
     result = audit(bad)
     assert result.returncode == 2

@@ -49,6 +49,9 @@ def test_load_yaml_errors_name_the_file(tmp_path):
     bad.write_text(yaml.safe_dump(["a", "list"]))
     with pytest.raises(ConfigurationError, match="mapping"):
         load_yaml(bad)
+    bad.write_bytes(b"state: /data/caf\xe9\n")  # Latin-1, as an old editor saves it
+    with pytest.raises(ConfigurationError, match=r"c.yaml: byte 17 is not UTF-8 text; save"):
+        load_yaml(bad)
 
 
 def test_clock_is_utc():

@@ -108,6 +108,24 @@ def test_every_report_reads_the_environment_s_configuration_and_refuses_a_missin
     assert literal_names(desk["tmp"]) == [] and not (desk["root"] / "spectro").exists()
 
 
+@pytest.mark.parametrize("command", [
+    CRON, [sys.executable, "-m", "scripts.status"], [sys.executable, "-m", "scripts.audit"],
+    [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile")],
+])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it_not_a_traceback(desk, command):
+    """A configuration an old editor saved in Latin-1: every tool, Snakemake by hand
+    too (its own reader would raise), says so in one line naming the file and byte."""
+    desk["file"].write_bytes(b"# caf\xe9\n" + desk["file"].read_bytes())
+    result = tool(command, desk["env"],
+                  cwd=REPO if "scripts.status" in command or "scripts.audit" in command
+                  else desk["checkout"])
+    assert result.returncode != 0
+    line = f"{desk['file']}: byte 6 is not UTF-8 text; save the file as UTF-8"
+    assert result.stderr.splitlines()[-1].endswith(line), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert literal_names(desk["tmp"]) == [] and list(desk["checkout"].iterdir()) == []
+
+
 def test_the_argument_wins_over_the_environment(desk, tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text(desk["file"].read_text())
