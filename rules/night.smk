@@ -82,7 +82,7 @@ rule recall_from_tape:
         get_recall_log(),
     conda:
         "../envs/desitransfer.yaml"
-    threads: 1
+    threads: config["verify"]["threads"]
     resources:
         tape=1,
         runtime=get_runtime("recall"),

@@ -672,7 +672,8 @@ def argument_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def recall_main(config: dict, streams: list[Stream], count: int, seed: int | None) -> int:
+def recall_main(config: dict, streams: list[Stream], count: int, seed: int | None,
+                threads: int | None = None) -> int:
     """``--recall N``: recall N members, verify them; 0 only when every member matches."""
     from scripts.recall import recall, summary
 
@@ -685,7 +686,7 @@ def recall_main(config: dict, streams: list[Stream], count: int, seed: int | Non
           file=sys.stderr)
     start = time.monotonic()
     result = recall(config, count, seed, out=sys.stdout,
-                    streams={stream.name: stream for stream in streams})
+                    streams={stream.name: stream for stream in streams}, threads=threads)
     print(summary(result, time.monotonic() - start), file=sys.stderr)
     if not result.members and not result.lines:
         print("audit: --recall: no archive on tape holds an exposure yet", file=sys.stderr)
@@ -710,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     if args.recall is not None:
         try:
-            return recall_main(config, streams, args.recall, args.seed)
+            return recall_main(config, streams, args.recall, args.seed, args.threads)
         except BackupError as err:  # the scratch directory refused
             print(f"audit: --recall: {err}", file=sys.stderr)
             return 2

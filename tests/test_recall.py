@@ -229,6 +229,33 @@ def test_a_flipped_byte_in_a_member_on_tape_is_found_by_its_name(tapes):
     assert json.loads(recall_mismatches_path(tapes.state).read_text()) == {"members": {}}
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_tape_archive_cut_short_is_a_line_per_member_and_the_others_pass(tapes, threads):
+    """The last member's data cut short on tape: every member drawn from that archive
+    is one line (on each hashing path: one member at a time, or side by side), the
+    other night's archive still passes, and nothing on tape or disk changes."""
+    tarball = tapes.tarball(NIGHT)
+    with tarfile.open(tarball) as tar:
+        last = max((m for m in tar.getmembers() if m.isreg()), key=lambda m: m.offset_data)
+    os.chmod(tarball, 0o640)
+    os.truncate(tarball, last.offset_data + 100)
+    leave = (".calls.jsonl", ".recall")
+    before = snapshot(tapes.destination, tapes.tape, tapes.state, leave_out=leave)
+    result = tapes.recall("--recall", "200", "--seed", "1", "--threads", threads)
+    assert result.returncode == 1, result.stderr
+    archive = archive_name(tapes.stream, NIGHT, 0)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6  # the 6 data files of NIGHT's 2 exposures, none of 20261125
+    assert all(line.startswith(f"{STREAM} {NIGHT}/") and
+               f"cannot be recalled from {archive}: " in line for line in lines), lines
+    if tapes.backend == "tar":
+        assert all("cut short" in line or "unexpected end" in line for line in lines), lines
+    record = json.loads(recall_record_path(tapes.state).read_text())
+    # members: those retrieved and compared (20261125's 6); the 6 others are problems
+    assert (record["members"], record["problems"]) == (6, 6)
+    assert snapshot(tapes.destination, tapes.tape, tapes.state, leave_out=leave) == before
+
+
 def test_one_htar_per_archive_with_all_its_members_and_the_seed_repeats_it(htar_tapes):
     tapes = htar_tapes
     first = tapes.recall("--recall", "6", "--seed", "42")
