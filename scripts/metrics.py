@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -526,28 +526,30 @@ def observe_metrics(config: dict, now: dt.datetime | None = None,
 
 
 def _listing(state: str, stream: str, oldest: str, listing: Listing | None
-             ) -> tuple[dict[str, set[str]], float | None, dict, dict]:
+             ) -> tuple[dict[str, set[str]], float | None, Callable, dict]:
     """The last listing of `stream`: NIGHT -> EXPIDs, when it was made (epoch seconds),
-    (night, expid) -> publication, and the record `malformed_links` reads. From the
-    run's own `listing` when given (its time: the cache's mtime, written with it),
-    else from the cache."""
+    a function of (night, expid) -> publication or None, and the record
+    `malformed_links` reads. From the run's own `listing` when given (its time: the
+    cache's mtime, written with it), else from the cache."""
     path = listing_cache_path(state, stream)
     if listing is None:
         record = read_record(path) or {}
         listed, when = reading.listing_of(record)
+        known = published_times(state, stream, oldest, record, listed)
         return (listed, None if when is None else when.timestamp(),
-                published_times(state, stream, oldest, record, listed), record)
+                lambda night, expid: known.get((night, expid)), record)
     listed: dict[str, set[str]] = {}
     for night, expid in listing.exposures:
         listed.setdefault(night, set()).add(expid)
-    # Keys are NIGHT/EXPID, 8 digits each (the parse made them): sliced, not split.
-    published = {(key[:8], key[9:]): when for key, when in listing.published.items()
-                 if key[:8] >= oldest}
+    # The parse made the keys NIGHT/EXPID and the times numbers; only the exposures
+    # not installed are looked up (a handful, not the window's thousands).
+    raw = listing.published
     try:
         made = os.stat(path).st_mtime
     except OSError:
         made = None
-    return listed, made, published, {"malformed": listing.malformed}
+    return (listed, made, lambda night, expid: raw.get(f"{night}/{expid}"),
+            {"malformed": listing.malformed})
 
 
 def _observe(config: dict, now: dt.datetime | None,
@@ -559,16 +561,22 @@ def _observe(config: dict, now: dt.datetime | None,
     streams = []
     for stream in config["streams"]:
         summaries, index = stream_summaries(config, stream, oldest, time.time())
-        listed, when, published, record = _listing(state, stream, oldest,
-                                                   listings.get(stream))
+        listed, when, published_of, record = _listing(state, stream, oldest,
+                                                      listings.get(stream))
         installed, pending = {}, 0
+        published: dict[tuple[str, str], float] = {}  # of the listed, not installed
         for night, expids in listed.items():
             ids = summaries.get(night, {}).get("ids")
             if ids is None:  # a night read after the listing, or not cached: read it
                 seen = scan_night(state, stream, night)
                 ids = {"installed": seen.installed, "held": seen.held}
             installed[night] = set(ids["installed"])
-            pending += len(expids - installed[night] - set(ids["held"]))
+            waiting = expids - installed[night]
+            pending += len(waiting - set(ids["held"]))
+            if night >= oldest:
+                for expid in waiting:
+                    if (at := published_of(night, expid)) is not None:
+                        published[night, expid] = at
         late = late_problems(config, stream, now, index, installed=installed,
                              published=published)
         # The problems no night's records hold (see `scripts.status.problems`): the
