@@ -72,10 +72,12 @@ soak: test-venv system-packages
 
 # Three test processes (pytest-xdist): much of a workflow test is waiting (rsync, ssh,
 # Slurm's queue, Snakemake's own timers), so three overlap well on a 2-core machine
-# (the whole suite: 17.6 min with three, 19.5 min with two, on 2 cores).
+# (the whole suite: 17.6 min with three, 19.5 min with two, on 2 cores). The longest
+# tests start first (tests/conftest.py); worksteal lets an idle process take the tests
+# queued behind one of them.
 TEST_WORKERS ?= 3
 test: test-venv system-packages test-packages
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 	$(MAKE) --no-print-directory lint
 
 # The unit and small integration tests (no end-to-end workflow, Slurm or browser):
