@@ -41,7 +41,7 @@ from scripts.state_layout import (
 )
 from scripts.targets import not_backed_up
 from scripts.job import ENV_RUN_PID
-from scripts.time_limits import job_minutes, job_seconds
+from scripts.time_limits import job_minutes, job_seconds, night_work_seconds
 
 try:
     config.update(expand_paths(config))  # ${VAR}, $VAR and ~: no `$` reaches a path
@@ -204,6 +204,9 @@ def get_activity():
         "exposures": len(PLAN.exposures),
         "pending": PLAN.pending,
         "night_stages": len(stages),
+        "night_seconds": night_work_seconds(
+            config, [s.stage for s in PLAN.night_stages], PLAN.recall is not None
+        ),
         "listed": listed and utc_timestamp(dt.datetime.fromtimestamp(listed, dt.UTC)),
         "listed_epoch": listed,
     }

@@ -141,6 +141,8 @@ def note_busy(state: str | os.PathLike, lane: str) -> None:
 
 
 def _epoch(text: object) -> float | None:
+    if text is None:
+        return None
     try:
         return dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(
             tzinfo=dt.UTC).timestamp()
@@ -150,7 +152,9 @@ def _epoch(text: object) -> float | None:
 
 def stalled_lanes(state: str | os.PathLike, limits: dict[str, float],
                   now: float) -> list[dict]:
-    """The lanes no run of which has ended for longer than their limit.
+    """The lanes no run of which has ended for longer than their limit (or, for a run
+    in progress that planned more night work, longer than that work's limit since it
+    started: ``night_seconds`` in its activity record).
 
     Parameters
     ----------
@@ -174,9 +178,27 @@ def stalled_lanes(state: str | os.PathLike, limits: dict[str, float],
         then = _epoch(since) if since else None
         if then is None or now - then <= limit:
             continue
+        # A run in progress (its lock held) that planned more night work than one
+        # night's (a backlog to drain) has the limit of that work, from its start.
+        planned, started = _planned_seconds(record), _epoch(record.get("started"))
+        if planned > limit and started is not None and is_locked(state, lane):
+            if now - started <= planned:
+                continue
+            limit = planned
         out.append({"lane": lane, "since": since, "seconds": now - then, "limit": limit,
                     "lock": str(lock_path(state, lane)), "holder": lock_holder(state, lane)})
     return out
+
+
+def _planned_seconds(record: dict) -> float:
+    """The limit of the night work the lane's last run planned (``night_seconds``,
+    `scripts.time_limits.night_work_seconds`), 0 once that run has finished or when the
+    record has no usable number (the lane's own limit then applies)."""
+    value = record.get("night_seconds")
+    if ("finished" in record or isinstance(value, bool)
+            or not isinstance(value, (int, float)) or not 0 <= value < 10**8):
+        return 0.0
+    return float(value)
 
 
 def lane_activity(state: str | os.PathLike, ending_run: str | None = None) -> list[dict]:

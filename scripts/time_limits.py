@@ -10,6 +10,7 @@ job wrapper, the Slurm profile and the status agree.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 #: Hashing has no timeout of its own: this allows some GB at a slow shared file
 #: system's pace.
@@ -59,3 +60,14 @@ def lane_seconds(config: dict, lane: str) -> int:
     at its job's limit. A lane whose last finished run is older than this (while a run
     should have ended) is stalled."""
     return sum(job_seconds(config, step) for step in LANE_STEPS[lane])
+
+
+def night_work_seconds(config: dict, stages: Iterable[str], recall: bool = False) -> int:
+    """The limit of the night work one run planned: each of its night `stages` (marker
+    suffixes: ``caughtup``, ``backedup``, ``backedup.N``) at its job's limit, one
+    after the other, and the day's recall when planned. A run draining a backlog of
+    nights can last longer than `lane_seconds` (one night) and not be stalled: its
+    lane is stalled past this (`scripts.lanes.stalled_lanes`)."""
+    total = sum(job_seconds(config, "catch_up" if stage == "caughtup" else "backup")
+                for stage in stages)
+    return total + (job_seconds(config, "recall") if recall else 0)

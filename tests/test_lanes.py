@@ -183,6 +183,14 @@ def test_two_lanes_started_at_the_same_moment_both_run(site):
     assert "busy" not in cron_log(site)
     assert [(lane["state"], lane["returncode"]) for lane in lane_activity(site.state)] == [
         ("idle", 0), ("idle", 0)]
+    # The night run recorded the limit of the work it planned (one catch-up): a run
+    # draining a backlog is stalled only past its own plan (scripts/lanes.py).
+    from scripts.configuration import with_defaults
+    from scripts.time_limits import job_seconds
+
+    nights = read_record(site.state / ".lanes" / "nights.json")
+    assert (nights["night_stages"], nights["night_seconds"]) == (
+        1, job_seconds(with_defaults(site.config), "catch_up"))
 
 
 def test_the_listing_of_a_run_is_never_older_than_its_start(site):
