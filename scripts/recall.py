@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import logging
 import os
@@ -61,6 +62,8 @@ from scripts.tape_contents import by_exposure
 
 log = logging.getLogger("recall")
 _CHUNK = 1 << 20
+#: The suffix of a scratch directory's lock file (beside it).
+_LOCK = ".lock"
 #: Problem lines kept in the last recall's record (all are printed).
 RECORD_LINES = 50
 
@@ -198,12 +201,16 @@ class Recall:
             out.flush()
 
 
-def private_scratch(root: Path) -> Path:
-    """A new private (``0o700``) directory under `root` for one archive's members.
+@contextlib.contextmanager
+def private_scratch(root: Path) -> Iterator[Path]:
+    """A new private (``0o700``) directory under `root` for one archive's members,
+    removed when the block ends.
 
     `root` is made private too; one that is a symbolic link or belongs to another
     user is refused (another user of the group must not see or redirect what is
-    recalled). Leftovers of a killed recall are removed first.
+    recalled). The directory's lock (``recall-XXXX.lock`` beside it, held while it
+    is in use) tells a recall running now (the night lane's, one by hand) from the
+    leftovers of a killed one, which are removed first (`sweep_scratch`).
     """
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = os.lstat(root)
@@ -215,9 +222,45 @@ def private_scratch(root: Path) -> Path:
                           " backup.recall_scratch")
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(root, 0o700)
-    for leftover in root.glob("recall-*"):
-        remove_tree(leftover)
-    return Path(tempfile.mkdtemp(prefix="recall-", dir=root))
+    sweep_scratch(root)
+    handle, lock = tempfile.mkstemp(prefix="recall-", suffix=_LOCK, dir=root)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # before the directory exists: never unlocked
+        top = Path(lock.removesuffix(_LOCK))
+        os.mkdir(top, 0o700)
+        try:
+            yield top
+        finally:
+            remove_tree(top)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(handle)
+
+
+def sweep_scratch(root: Path) -> None:
+    """Remove the scratch directories of killed recalls: those whose lock no process
+    holds, and any without a lock (a live one has it from before it exists to after
+    it is gone)."""
+    for lock in root.glob(f"recall-*{_LOCK}"):
+        try:
+            handle = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(handle).st_ino != os.lstat(lock).st_ino:
+                continue  # swept and its name taken again meanwhile
+            remove_tree(Path(str(lock).removesuffix(_LOCK)))
+            lock.unlink(missing_ok=True)
+        except OSError:  # BlockingIOError: a recall running now
+            continue
+        finally:
+            os.close(handle)
+    for top in root.glob("recall-*"):
+        if (not top.name.endswith(_LOCK) and top.is_dir() and not top.is_symlink()
+                and not Path(f"{top}{_LOCK}").exists()):
+            remove_tree(top)
 
 
 def remove_tree(top: Path) -> None:
@@ -254,8 +297,7 @@ def extracted(tape: Tape, archive: str, names: list[str], scratch_root: Path
     """``htar -xf HPSSDIR/ARCHIVE NAME...`` into a private scratch directory: (the
     directory, None), or (None, why) when htar failed. The directory is removed
     afterwards, whatever happens."""
-    scratch = private_scratch(scratch_root)
-    try:
+    with private_scratch(scratch_root) as scratch:
         command = [os.path.join(tape.backup["hpss_bin"], "htar"), "-xf",
                    f"{tape.stream.hpss}/{archive}", *names]
         result = run(command, timeout=tape.backup["timeout"], cwd=scratch)
@@ -263,8 +305,6 @@ def extracted(tape: Tape, archive: str, names: list[str], scratch_root: Path
             yield scratch, None
         else:
             yield None, result.describe()
-    finally:
-        remove_tree(scratch)
 
 
 def read_from_tarball(path: Path, members: set[str], listings: set[str], threads: int = 1

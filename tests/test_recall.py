@@ -317,6 +317,39 @@ def test_the_scratch_directory_must_be_our_own(htar_tapes, tmp_path_factory):
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_recall_sweeps_only_the_scratch_of_killed_recalls(tmp_path):
+    """Two recalls at once (the night lane's daily one, one by hand) share the scratch
+    root: the second must not remove the first's members mid-extraction, only the
+    directories left by a killed recall (its lock free, or none at all)."""
+    import fcntl
+
+    from scripts.recall import private_scratch
+
+    root = tmp_path / "scratch"
+    root.mkdir(mode=0o700)
+    for name in ("recall-live", "recall-dead", "recall-old"):
+        (root / name / NIGHT).mkdir(parents=True)
+        (root / name / NIGHT / "member.fits").write_bytes(b"x")
+        os.chmod(root / name / NIGHT, 0o2550)  # as htar restores it
+    (root / "recall-dead.lock").touch()  # its recall was killed: nobody holds it
+    live_lock = os.open(root / "recall-live.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(live_lock, fcntl.LOCK_EX)  # a recall running now, in another process
+    try:
+        with private_scratch(root) as top:
+            assert stat.S_IMODE(top.stat().st_mode) == 0o700 and list(top.iterdir()) == []
+            assert (root / "recall-live" / NIGHT / "member.fits").read_bytes() == b"x"
+            assert not (root / "recall-dead").exists()
+            assert not (root / "recall-dead.lock").exists()
+            assert not (root / "recall-old").exists()  # no lock: from before locks
+            mine = top
+        assert not mine.exists() and not Path(f"{mine}.lock").exists()
+        assert sorted(p.name for p in root.iterdir()) == ["recall-live", "recall-live.lock"]
+    finally:
+        os.close(live_lock)
+    with private_scratch(root):  # the live one ended without cleaning up: swept now
+        assert not (root / "recall-live").exists()
+
+
 # --------------------------------------------------------------------------- write check
 
 
