@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import NIGHT, REPO, STREAM
+from test_audit import flip_in_file
 
 from scripts.audit import load_configuration
 from scripts.backup import archive_name, write_and_confirm
@@ -173,11 +174,7 @@ def flip_member_byte(tarball: Path, member: str, offset: int = 100) -> None:
     with tarfile.open(tarball) as tar:
         where = tar.getmember(member).offset_data + offset
     os.chmod(tarball, 0o640)
-    with open(tarball, "r+b") as f:
-        f.seek(where)
-        byte = f.read(1)
-        f.seek(where)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_in_file(tarball, where)
 
 
 # --------------------------------------------------------------------------- recall
